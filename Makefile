@@ -1,0 +1,40 @@
+# Every target that runs project code depends on the virtual environment, so a fresh clone needs
+# nothing but `make test`. torch goes in first: any other torch requirement pulls a multi-GB CUDA
+# build, and the project's own `torch>=` range is then already satisfied.
+PYTHON ?= python3
+TORCH ?= 2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-torch-$(TORCH)
+ARGS ?=
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= offline
+
+.PHONY: install test test-slow lint format bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-torch-*
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/mednext bench $(ARGS)

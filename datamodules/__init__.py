@@ -1,0 +1,1 @@
+"""LightningDataModules for the datasets of the suite."""

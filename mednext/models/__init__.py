@@ -1,0 +1,85 @@
+"""Model registry: every network of the suite is built by name from plain keyword arguments.
+
+``build_model("mednext", variant="B", kernel_size=5, in_channels=1, num_classes=14)`` builds a
+preset; leaving out ``variant`` and passing every constructor argument builds any configuration.
+Configuration files name models only through this registry, never by import path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from mednext.models import mednext
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A registered model family.
+
+    Attributes:
+        name: registry name.
+        builder: ``builder(variant=None, **kwargs) -> nn.Module``.
+        presets: variant name -> constructor arguments.
+        catalog: the rows of ``mednext models``: label -> ``build_model`` arguments.
+        reference: arguments shared by every catalog row (channels and classes of the published
+            complexity figures).
+        input_size: default spatial size of the complexity table (the papers' input).
+        paper_convention: how the paper counted FLOPs (see ``mednext.models.complexity``).
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    presets: Mapping[str, Mapping[str, Any]]
+    catalog: Mapping[str, Mapping[str, Any]]
+    reference: Mapping[str, Any] = field(default_factory=dict)
+    input_size: int = 128
+    paper_convention: str = "fvcore"
+
+
+_REGISTRY: dict[str, ModelFamily] = {}
+
+
+def register_model(family: ModelFamily) -> None:
+    if family.name in _REGISTRY:
+        raise ValueError(f"model {family.name!r} is already registered")
+    _REGISTRY[family.name] = family
+
+
+def get_family(name: str) -> ModelFamily:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def list_models() -> list[str]:
+    """Registered model names."""
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build registered model ``name``; ``variant=`` picks a preset, other arguments override it."""
+    return get_family(name).builder(**kwargs)
+
+
+register_model(
+    ModelFamily(
+        name="mednext",
+        builder=mednext.build_mednext,
+        presets=mednext.PRESETS,
+        catalog={
+            f"{variant} k{kernel}": {"variant": variant, "kernel_size": kernel}
+            for kernel in (3, 5)
+            for variant in mednext.PRESETS
+        },
+        # The configuration of the official parameter counts and published FLOPs (DESIGN 4.1).
+        reference={"in_channels": 1, "num_classes": 14, "deep_supervision": True},
+        input_size=128,
+        paper_convention="fvcore",
+    )
+)
+
+__all__ = ["ModelFamily", "build_model", "get_family", "list_models", "register_model"]
