@@ -242,6 +242,14 @@ class MedNeXt(nn.Module):
                 f"MedNeXt downsamples 4 times: every spatial size must be divisible by "
                 f"{DOWNSAMPLING_FACTOR}, got {spatial}. Pad or crop the input, e.g. to {suggestion}."
             )
+        if all(size == DOWNSAMPLING_FACTOR for size in spatial):
+            # The bottleneck would hold one voxel: GroupNorm with one channel per group then
+            # normalises a single value, which torch rejects for batch 1 and which silently
+            # zeroes the signal otherwise.
+            raise ValueError(
+                f"MedNeXt cannot run on {spatial} inputs: the bottleneck would be a single voxel. "
+                f"Use patches with at least one side of {2 * DOWNSAMPLING_FACTOR} or more."
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits ``(B, num_classes, *spatial)``; with deep supervision in training mode, the list

@@ -1,0 +1,148 @@
+"""Import (and export) of official checkpoints: key renames in one table per family, one place.
+
+MedNeXt: the nnU-Net based official code (MIC-DKFZ/MedNeXt,
+``nnunet_mednext/network_architecture/mednextv1/MedNextV1.py`` and ``blocks.py``) names its modules
+``stem``, ``enc_block_i``, ``down_i``, ``bottleneck``, ``up_i``, ``dec_block_i`` and ``out_i.conv_out``
+(a ``ConvTransposeNd(C, K, 1)``), stores GRN parameters as ``grn_gamma``/``grn_beta`` on the block,
+and carries a one-element ``dummy_tensor`` used only by its reentrant checkpointing. nnU-Net saves
+``{"state_dict": ..., "optimizer_state_dict": ..., ...}``; DDP training adds a ``module.`` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+# (official pattern, ours) applied in order to the part of the key before the tensor name.
+_MEDNEXT_MODULES: tuple[tuple[str, str], ...] = (
+    (r"^enc_block_(\d)\.", r"encoder.\1."),
+    (r"^down_(\d)\.", r"down.\1."),
+    (r"^up_(\d)\.", r"up.\1."),
+    (r"^dec_block_(\d)\.", r"decoder.\1."),
+    (r"^out_(\d)\.conv_out\.", r"heads.\1."),
+    (r"\.grn_gamma$", r".grn.gamma"),
+    (r"\.grn_beta$", r".grn.beta"),
+)
+_MEDNEXT_MODULES_BACK: tuple[tuple[str, str], ...] = (
+    (r"^encoder\.(\d)\.", r"enc_block_\1."),
+    (r"^down\.(\d)\.", r"down_\1."),
+    (r"^up\.(\d)\.", r"up_\1."),
+    (r"^decoder\.(\d)\.", r"dec_block_\1."),
+    (r"^heads\.(\d)\.", r"out_\1.conv_out."),
+    (r"\.grn\.gamma$", r".grn_gamma"),
+    (r"\.grn\.beta$", r".grn_beta"),
+)
+_OFFICIAL_ONLY = ("dummy_tensor",)
+_HEAD_WEIGHT = re.compile(r"^heads\.\d\.weight$")
+
+
+def _rename(key: str, table: tuple[tuple[str, str], ...]) -> str:
+    for pattern, replacement in table:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """Load a checkpoint file without executing arbitrary pickled code.
+
+    nnU-Net checkpoints hold, beside the tensors, training curves and "best" values as numpy
+    scalars; those few numpy types are allowed explicitly, anything else is refused.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    multiarray = np._core.multiarray
+    allowed: list[Any] = [np.dtype, np.ndarray, *{type(np.dtype(c)) for c in "?bhilqBHILQefdg"}]
+    for function in (multiarray.scalar, multiarray._reconstruct):
+        # Pickles written under numpy 1.x name the module numpy.core, under 2.x numpy._core.
+        allowed += [function, (function, f"numpy.core.multiarray.{function.__name__}")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or others by format
+        raise ValueError(
+            f"{path}: cannot be read as a checkpoint with weights_only=True ({error}). If it comes "
+            "from a source you trust, load it with torch.load(..., weights_only=False) and pass the "
+            "resulting dict to load_official_mednext."
+        ) from error
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> StateDict:
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ValueError(
+            "expected a state dict (parameter name -> tensor) or a checkpoint with a 'state_dict' "
+            f"entry; got top-level keys {sorted(checkpoint)[:8]}"
+        )
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_official_mednext(source: str | os.PathLike[str] | Mapping[str, Any]) -> StateDict:
+    """Convert an official MedNeXt checkpoint into a state dict of ``mednext.models.MedNeXt``.
+
+    ``source`` is a checkpoint path, an nnU-Net checkpoint dict (``state_dict`` entry) or a plain
+    state dict, optionally with DDP's ``module.`` prefix. The result loads with
+    ``load_state_dict(strict=True)`` into a MedNeXt built with the same configuration, and that
+    model computes exactly what the official one does.
+    """
+    checkpoint = source if isinstance(source, Mapping) else read_checkpoint(source)
+    official = _unwrap(checkpoint)
+    if not any(key.startswith("enc_block_0.") for key in official):
+        raise ValueError(
+            "not an official MedNeXt state dict: no 'enc_block_0.*' parameters (keys start with "
+            f"{sorted(official)[:3]})"
+        )
+    ours: StateDict = {}
+    for key, value in official.items():
+        if key in _OFFICIAL_ONLY:
+            continue
+        new_key = _rename(key, _MEDNEXT_MODULES)
+        if _HEAD_WEIGHT.match(new_key):
+            # ConvTranspose weight (C_in, C_out, 1...) -> Conv weight (C_out, C_in, 1...).
+            value = value.transpose(0, 1).contiguous()
+        ours[new_key] = value
+    return ours
+
+
+def export_official_mednext(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """The inverse of ``load_official_mednext``: our MedNeXt state dict under the official names,
+    with heads as transposed-conv weights and the official ``dummy_tensor``."""
+    official: StateDict = {"dummy_tensor": torch.ones(1)}
+    for key, value in state_dict.items():
+        if _HEAD_WEIGHT.match(key):
+            value = value.transpose(0, 1).contiguous()
+        official[_rename(key, _MEDNEXT_MODULES_BACK)] = value
+    return official
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+def convert_command(fmt: str, source: str, destination: str) -> int:
+    """``mednext convert official-mednext IN OUT``."""
+    converters = {"official-mednext": load_official_mednext}
+    try:
+        state = converters[fmt](source)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"mednext convert: {error}", file=sys.stderr)
+        return 2
+    _atomic_save(state, Path(destination))
+    count = sum(v.numel() for v in state.values())
+    print(f"wrote {destination}: {len(state)} tensors, {count:,} values")
+    return 0
