@@ -48,11 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         "own convention.",
     )
     models.add_argument(
-        "--size", type=int, default=None,
+        "--size",
+        type=int,
+        default=None,
         help="spatial input size (each side); default: the size each paper reports",
     )
     models.add_argument(
-        "--family", action="append", default=None,
+        "--family",
+        action="append",
+        default=None,
         help="only this model family (repeatable); default: all",
     )
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")

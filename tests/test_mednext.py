@@ -205,19 +205,23 @@ def test_upkern_resizes_depthwise_kernels_and_copies_the_rest(spatial_dims: int)
     assert any(k.startswith("up.") for k in resized) and any(k.startswith("down.") for k in resized)
     for key, value in small_state.items():
         if key in resized:
-            expected = F.interpolate(value, size=(5,) * spatial_dims, mode=mode, align_corners=False)
+            expected = F.interpolate(
+                value, size=(5,) * spatial_dims, mode=mode, align_corners=False
+            )
             torch.testing.assert_close(large_state[key], expected, rtol=0, atol=0)
         else:
             torch.testing.assert_close(large_state[key], value, rtol=0, atol=0)
 
 
-def test_upkern_keeps_a_constant_kernel_constant_and_keeps_mismatched_heads() -> None:
+def test_upkern_keeps_a_constant_kernel_constant_and_mismatched_heads_only_when_asked() -> None:
     small = tiny(3, kernel_size=3)
     small.encoder[0][0].conv1.weight.data.fill_(0.25)
     large = tiny(3, kernel_size=5)
     large.heads = torch.nn.ModuleList([torch.nn.Conv3d(4, 7, 1)])
     head_before = large.heads[0].weight.detach().clone()
-    upkern(small.state_dict(), large)
+    with pytest.raises(ValueError, match=r"heads.0.weight: \(3, 4, 1, 1, 1\) -> \(7, 4, 1, 1, 1\)"):
+        upkern(small.state_dict(), large)
+    upkern(small.state_dict(), large, strict=False)
     torch.testing.assert_close(
         large.encoder[0][0].conv1.weight, torch.full((4, 1, 5, 5, 5), 0.25), rtol=0, atol=1e-7
     )

@@ -12,7 +12,7 @@ map onto it key for key (see ``mednext.models.official``). Deviations, each deli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -180,7 +180,9 @@ class MedNeXt(nn.Module):
         def stage(channels: int, index: int, kernel: int) -> nn.Sequential:
             return nn.Sequential(
                 *(
-                    MedNeXtBlock(channels, channels, exp_r[index], kernel, spatial_dims, grn, do_res)
+                    MedNeXtBlock(
+                        channels, channels, exp_r[index], kernel, spatial_dims, grn, do_res
+                    )
                     for _ in range(block_counts[index])
                 )
             )
@@ -192,16 +194,28 @@ class MedNeXt(nn.Module):
         self.encoder = nn.ModuleList(stage(widths[i], i, kernel_size) for i in range(4))
         self.down = nn.ModuleList(
             MedNeXtBlock(
-                widths[i], widths[i + 1], exp_r[i + 1], kernel_size, spatial_dims, grn,
-                do_res_up_down, resample="down",
+                widths[i],
+                widths[i + 1],
+                exp_r[i + 1],
+                kernel_size,
+                spatial_dims,
+                grn,
+                do_res_up_down,
+                resample="down",
             )
             for i in range(4)
         )
         self.bottleneck = stage(widths[4], 4, dec_kernel_size)
         self.up = nn.ModuleList(
             MedNeXtBlock(
-                widths[i + 1], widths[i], exp_r[8 - i], dec_kernel_size, spatial_dims, grn,
-                do_res_up_down, resample="up",
+                widths[i + 1],
+                widths[i],
+                exp_r[8 - i],
+                dec_kernel_size,
+                spatial_dims,
+                grn,
+                do_res_up_down,
+                resample="up",
             )
             for i in range(4)
         )
@@ -227,7 +241,7 @@ class MedNeXt(nn.Module):
         if x.ndim != expected_ndim:
             raise ValueError(
                 f"MedNeXt with spatial_dims={self.spatial_dims} expects a {expected_ndim}-D input "
-                f"(B, C, {', '.join('DHW'[-self.spatial_dims:])}), got shape {tuple(x.shape)}"
+                f"(B, C, {', '.join('DHW'[-self.spatial_dims :])}), got shape {tuple(x.shape)}"
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
@@ -240,7 +254,8 @@ class MedNeXt(nn.Module):
             )
             raise ValueError(
                 f"MedNeXt downsamples 4 times: every spatial size must be divisible by "
-                f"{DOWNSAMPLING_FACTOR}, got {spatial}. Pad or crop the input, e.g. to {suggestion}."
+                f"{DOWNSAMPLING_FACTOR}, got {spatial}. Pad or crop the input, e.g. to "
+                f"{suggestion}."
             )
         if all(size == DOWNSAMPLING_FACTOR for size in spatial):
             # The bottleneck would hold one voxel: GroupNorm with one channel per group then
@@ -312,15 +327,19 @@ def _resize_kernel(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def upkern(small: nn.Module | dict[str, torch.Tensor], large: MedNeXt) -> MedNeXt:
+def upkern(
+    small: nn.Module | Mapping[str, torch.Tensor], large: MedNeXt, strict: bool = True
+) -> MedNeXt:
     """UpKern (Roy et al. 2023, Sec. 2.3): initialise ``large`` from a trained small-kernel
     network.
 
     Every depthwise ``conv1`` weight (blocks, down and up blocks) is resized to the large kernel by
     trilinear (2D: bilinear) interpolation with ``align_corners=False``; every other tensor is
-    copied where the shapes match. No renormalisation. ``small`` is a model or its state dict;
-    ``large`` is updated in place and returned. Tensors of ``large`` that have no counterpart of a
-    matching shape keep their initialisation (a different number of classes in the heads, say).
+    copied. No renormalisation. ``small`` is a model or its state dict; ``large`` is updated in
+    place and returned. Tensors that only ``large`` has (deep-supervision heads, say) keep their
+    initialisation. A tensor present in both with incompatible shapes (another width or number of
+    classes) is an error, as in the official ``upkern_load_weights``, unless ``strict=False``, which
+    keeps such tensors at their initialisation.
     """
     source = small.state_dict() if isinstance(small, nn.Module) else small
     target = large.state_dict()
@@ -330,15 +349,21 @@ def upkern(small: nn.Module | dict[str, torch.Tensor], large: MedNeXt) -> MedNeX
             "checkpoint needs mednext.models.official.load_official_mednext first); source keys "
             f"start with {sorted(source)[:3]}"
         )
-    updated = {}
+    updated, mismatched = {}, []
     for key, value in target.items():
         if key not in source:
             continue
         weight = source[key].to(dtype=value.dtype, device=value.device)
-        is_depthwise_kernel = key.endswith("conv1.weight") and weight.shape[:2] == value.shape[:2]
-        if is_depthwise_kernel and weight.shape[2:] != value.shape[2:]:
-            updated[key] = _resize_kernel(weight, value.shape[2:])
-        elif weight.shape == value.shape:
+        if weight.shape == value.shape:
             updated[key] = weight
+        elif key.endswith("conv1.weight") and weight.shape[:2] == value.shape[:2]:
+            updated[key] = _resize_kernel(weight, value.shape[2:])
+        else:
+            mismatched.append(f"{key}: {tuple(weight.shape)} -> {tuple(value.shape)}")
+    if mismatched and strict:
+        raise ValueError(
+            "upkern: source and target differ beyond the kernel size (pass strict=False to keep "
+            "these at their initialisation):\n  " + "\n  ".join(mismatched)
+        )
     large.load_state_dict(updated, strict=False)
     return large

@@ -1,10 +1,11 @@
 """Import (and export) of official checkpoints: key renames in one table per family, one place.
 
 MedNeXt: the nnU-Net based official code (MIC-DKFZ/MedNeXt,
-``nnunet_mednext/network_architecture/mednextv1/MedNextV1.py`` and ``blocks.py``) names its modules
-``stem``, ``enc_block_i``, ``down_i``, ``bottleneck``, ``up_i``, ``dec_block_i`` and ``out_i.conv_out``
-(a ``ConvTransposeNd(C, K, 1)``), stores GRN parameters as ``grn_gamma``/``grn_beta`` on the block,
-and carries a one-element ``dummy_tensor`` used only by its reentrant checkpointing. nnU-Net saves
+``nnunet_mednext/network_architecture/mednextv1/MedNextV1.py`` and ``blocks.py``) names its
+modules ``stem``, ``enc_block_i``, ``down_i``, ``bottleneck``, ``up_i``, ``dec_block_i`` and
+``out_i.conv_out`` (a ``ConvTransposeNd(C, K, 1)``), stores GRN parameters as ``grn_gamma`` /
+``grn_beta`` on the block, and carries a one-element ``dummy_tensor`` used only by its reentrant
+checkpointing. nnU-Net saves
 ``{"state_dict": ..., "optimizer_state_dict": ..., ...}``; DDP training adds a ``module.`` prefix.
 """
 
@@ -71,9 +72,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError or others by format
         raise ValueError(
-            f"{path}: cannot be read as a checkpoint with weights_only=True ({error}). If it comes "
-            "from a source you trust, load it with torch.load(..., weights_only=False) and pass the "
-            "resulting dict to load_official_mednext."
+            f"{path}: cannot be read as a checkpoint with weights_only=True ({error}). If it "
+            "comes from a source you trust, load it with torch.load(..., weights_only=False) and "
+            "pass the resulting dict to load_official_mednext."
         ) from error
 
 
@@ -127,6 +128,40 @@ def export_official_mednext(state_dict: Mapping[str, torch.Tensor]) -> StateDict
     return official
 
 
+def infer_mednext_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The ``MedNeXt`` constructor arguments that ``state_dict`` (our names) was saved from.
+
+    Everything is read off the tensor shapes except ``do_res`` (inner residuals have no
+    parameters), which every official configuration sets and is assumed here.
+    """
+
+    def blocks(prefix: str) -> int:
+        return len(
+            {key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)}
+        )
+
+    def ratio(prefix: str) -> int:
+        weight = state_dict[prefix + "conv2.weight"]
+        return weight.shape[0] // weight.shape[1]
+
+    stem = state_dict["stem.weight"]
+    stages = [f"encoder.{i}." for i in range(4)] + ["bottleneck."]
+    stages += [f"decoder.{i}." for i in reversed(range(4))]
+    return {
+        "in_channels": stem.shape[1],
+        "num_classes": state_dict["heads.0.weight"].shape[0],
+        "width": stem.shape[0],
+        "exp_r": [ratio(stage + "0.") for stage in stages],
+        "block_counts": [blocks(stage) for stage in stages],
+        "kernel_size": state_dict["encoder.0.0.conv1.weight"].shape[-1],
+        "dec_kernel_size": state_dict["bottleneck.0.conv1.weight"].shape[-1],
+        "deep_supervision": "heads.1.weight" in state_dict,
+        "spatial_dims": stem.ndim - 2,
+        "grn": any(".grn." in key for key in state_dict),
+        "do_res_up_down": "down.0.res_conv.weight" in state_dict,
+    }
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -145,4 +180,6 @@ def convert_command(fmt: str, source: str, destination: str) -> int:
     _atomic_save(state, Path(destination))
     count = sum(v.numel() for v in state.values())
     print(f"wrote {destination}: {len(state)} tensors, {count:,} values")
+    arguments = ", ".join(f"{k}={v!r}" for k, v in infer_mednext_config(state).items())
+    print(f"load it into build_model('mednext', {arguments})")
     return 0
