@@ -1,0 +1,131 @@
+"""Pieces shared by every DataModule: the data error, seeded splits, atomic writes, loader seeding.
+
+Nothing here knows a dataset. Splits are plain lists of case ids, made by ``seeded_order``: the
+same seed gives the same split on any machine and with any library version, whatever order the
+file system lists the cases in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from difflib import get_close_matches
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from monai.data.utils import worker_init_fn
+
+#: Where caches go when a DataModule is given no ``cache_dir``; overridden by ``$MEDNEXT_CACHE``.
+DEFAULT_CACHE_ROOT = Path("~/.cache/mednext")
+
+
+class DataError(ValueError):
+    """A dataset is missing, incomplete or malformed. The message is complete and meant for the
+    user as it is (the command line prints it without a traceback)."""
+
+
+def cache_root() -> Path:
+    """``$MEDNEXT_CACHE`` or ``~/.cache/mednext``, with ``~`` expanded."""
+    return Path(os.environ.get("MEDNEXT_CACHE") or DEFAULT_CACHE_ROOT).expanduser()
+
+
+def dataset_root(folder: str) -> str:
+    """``$MEDNEXT_DATA/<folder>`` (``data/<folder>`` without the variable): the default
+    ``data.root``, the same as the experiment files' ``${oc.env:MEDNEXT_DATA,data}/<folder>``."""
+    return os.path.join(os.environ.get("MEDNEXT_DATA") or "data", folder)
+
+
+def seeded_order(ids: Sequence[str], seed: int) -> list[str]:
+    """``ids`` in a pseudo-random order fixed by ``seed``: sorted by SHA-256 of ``"seed:id"``.
+
+    Unlike a numpy shuffle, the order depends on nothing but the seed and the ids themselves (not
+    on the library version, nor on the order the ids come in), so a documented split stays valid.
+    """
+    return sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+
+
+def seeded_sample(ids: Sequence[str], count: int, seed: int) -> list[str]:
+    """The first ``count`` of ``seeded_order(ids, seed)``, sorted."""
+    if not 0 <= count <= len(ids):
+        raise DataError(f"cannot draw {count} cases out of {len(ids)}")
+    return sorted(seeded_order(ids, seed)[:count])
+
+
+def kfold(ids: Sequence[str], num_folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:
+    """``(train, val)`` of fold ``fold`` of a seeded ``num_folds``-fold cross-validation of ``ids``.
+
+    ``seeded_order(ids, seed)`` is cut into ``num_folds`` consecutive parts whose sizes differ by
+    at most one (the larger first, as ``numpy.array_split``); fold ``k`` validates on part ``k``
+    and trains on the others, so the folds' validation sets are disjoint and cover ``ids``.
+    """
+    if num_folds < 2 or num_folds > len(ids):
+        raise DataError(f"num_folds must be between 2 and {len(ids)} (the cases), not {num_folds}")
+    if not 0 <= fold < num_folds:
+        raise DataError(f"fold must be between 0 and {num_folds - 1}, not {fold}")
+    order = seeded_order(ids, seed)
+    size, extra = divmod(len(order), num_folds)
+    start = fold * size + min(fold, extra)
+    val = sorted(order[start : start + size + (fold < extra)])
+    train = sorted(set(ids) - set(val))
+    return train, val
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path`` in one
+    ``os.replace``, on any error (Ctrl-C included) it is removed. Readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, mode) as stream:
+            yield stream
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """``payload`` as indented JSON at ``path``, written atomically."""
+    with atomic_file(path, "w") as stream:
+        json.dump(payload, stream, indent=2)
+        stream.write("\n")
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """``array`` as ``.npy`` at ``path`` (readable with ``np.load(mmap_mode="r")``), atomically."""
+    with atomic_file(path) as stream:
+        np.save(stream, array)
+
+
+def loader_seed(seed: int, rank: int) -> int:
+    """The seed of one process's data loading: distinct per (experiment seed, global rank), so DDP
+    ranks draw different patches."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def loader_options(seed: int, num_workers: int) -> dict[str, Any]:
+    """Keyword arguments of ``torch.utils.data.DataLoader`` for reproducible loading.
+
+    The generator fixes the per-epoch base seed; MONAI's ``worker_init_fn`` then gives worker
+    ``i`` the seed ``base + i`` through the dataset's ``set_random_state`` (numpy, Python and the
+    MONAI transforms of a fork-started worker would otherwise all repeat the parent's state).
+    """
+    options: dict[str, Any] = dict(
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=torch.cuda.is_available(),
+    )
+    if num_workers > 0:
+        options.update(worker_init_fn=worker_init_fn, persistent_workers=True)
+    return options
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to ``name``; ``""`` if none is close."""
+    matches = get_close_matches(name, list(choices), n=1)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
