@@ -23,6 +23,7 @@ class ModelFamily:
     Attributes:
         name: registry name.
         builder: ``builder(variant=None, **kwargs) -> nn.Module``.
+        constructor: the network class; its ``__init__`` arguments are the family's options.
         presets: variant name -> constructor arguments.
         catalog: the rows of ``mednext models``: label -> ``build_model`` arguments.
         reference: arguments shared by every catalog row (channels and classes of the published
@@ -33,6 +34,7 @@ class ModelFamily:
 
     name: str
     builder: Callable[..., nn.Module]
+    constructor: type[nn.Module]
     presets: Mapping[str, Mapping[str, Any]]
     catalog: Mapping[str, Mapping[str, Any]]
     reference: Mapping[str, Any] = field(default_factory=dict)
@@ -69,6 +71,7 @@ register_model(
     ModelFamily(
         name="mednext",
         builder=mednext.build_mednext,
+        constructor=mednext.MedNeXt,
         presets=mednext.PRESETS,
         catalog={
             f"{variant} k{kernel}": {"variant": variant, "kernel_size": kernel}
