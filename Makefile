@@ -11,7 +11,7 @@ ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-slow lint format bench
+.PHONY: install test test-slow lint format bench experiment demo
 
 install: $(STAMP)
 
@@ -38,3 +38,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/mednext bench $(ARGS)
+
+experiment: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make experiment NAME=<experiment> [ARGS='key=value ...']"; \
+		echo "experiments:"; $(BIN)/mednext train --list; exit 2; }
+	$(BIN)/mednext train $(NAME) $(ARGS)
+
+demo: $(STAMP)
+	$(BIN)/mednext train brain_demo_mednext_s $(ARGS)

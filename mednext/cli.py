@@ -10,6 +10,76 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is meant for the user: printed without a traceback."""
+    from datamodules.base import DataError
+    from mednext.config import ConfigError
+
+    return (ConfigError, DataError, FileNotFoundError)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mednext.config import as_dict, compose, list_experiments
+    from mednext.runs import read_results, run_experiment
+
+    console = _console()
+    if args.list:
+        print("\n".join(list_experiments()))
+        return 0
+    if not args.experiment:
+        console.print("mednext train: name an experiment (`mednext train --list` shows them)")
+        return 2
+    config = as_dict(compose(args.experiment, args.overrides))
+    command = ["mednext", "train", args.experiment, *args.overrides]
+    try:
+        run_dir = run_experiment(config, command, console)
+    except (KeyboardInterrupt, SystemExit):
+        console.print(
+            f"[yellow]interrupted[/yellow]: resume with `mednext train {args.experiment} "
+            f"{' '.join(args.overrides)} resume=true`"
+        )
+        return 130
+    results = read_results(run_dir)
+    dice = results.get("metrics", {}).get("test", {}).get("dice_mean")
+    print(f"run directory: {run_dir}")
+    if dice is not None:
+        print(f"test mean Dice: {dice:.4f}")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from mednext.runs import test_run
+
+    run_dir, summary = test_run(Path(args.target), _console())
+    print(f"run directory: {run_dir}")
+    print(f"test mean Dice: {summary['dice_mean']:.4f}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mednext.predict import predict_command
+
+    return predict_command(
+        Path(args.checkpoint), [Path(p) for p in args.inputs], Path(args.out), args
+    )
+
+
+def _data(args: argparse.Namespace) -> int:
+    from datamodules.synthetic import write_dataset
+
+    root = write_dataset(args.dataset, Path(args.out_dir), seed=args.seed)
+    print(f"wrote a synthetic {args.dataset} copy to {root}")
+    print(f"use it with data.root={root} (or data.source=synthetic to let the suite make one)")
+    return 0
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -39,6 +109,57 @@ def build_parser() -> argparse.ArgumentParser:
         description="MedNeXt / MedNeXt-Lite / CMUNeXt experiment suite.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train, validate and test an experiment",
+        description="Compose experiments/EXPERIMENT.yaml with key=value overrides, train, "
+        "validate, test, and write runs/<experiment>/<run_id>/ (config.yaml, split.json, "
+        "checkpoints/, metrics.csv, results.json). resume=true continues the newest run from "
+        "last.ckpt.",
+    )
+    train.add_argument("experiment", nargs="?", help="experiment name or YAML path")
+    train.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=5"
+    )
+    train.add_argument("--list", action="store_true", help="list the shipped experiments")
+    train.set_defaults(handler=_train)
+
+    test = commands.add_parser(
+        "test",
+        help="test a trained run (or checkpoint) on its held-out split",
+        description="Evaluate the best checkpoint of RUN_DIR (or the checkpoint CKPT) on the test "
+        "split of its experiment and update the run's results.json.",
+    )
+    test.add_argument("target", help="run directory or checkpoint file")
+    test.set_defaults(handler=_test)
+
+    predict = commands.add_parser(
+        "predict",
+        help="segment NIfTI volumes with a trained checkpoint",
+        description="Read each INPUT (NIfTI), preprocess it as in training, run sliding-window "
+        "inference, and write an integer label map on the input's own grid, affine and header to "
+        "OUT/<name>.nii.gz.",
+    )
+    predict.add_argument(
+        "checkpoint", help="a checkpoint of the suite (e.g. checkpoints/best.ckpt)"
+    )
+    predict.add_argument("inputs", nargs="+", help="NIfTI files or folders of them")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--mirror-tta", action="store_true", help="average over mirrored inputs")
+    predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    predict.set_defaults(handler=_predict)
+
+    data = commands.add_parser("data", help="dataset utilities")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synthetic = data_commands.add_parser(
+        "synthetic",
+        help="write a small fake copy of a dataset in its real on-disk layout",
+    )
+    synthetic.add_argument("dataset", help="synapse, acdc, ...")
+    synthetic.add_argument("out_dir", help="where to write it")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(handler=_data)
 
     models = commands.add_parser(
         "models",
@@ -90,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if isinstance(error, _user_errors()):
+            print(f"mednext {args.command}: {error}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,416 @@
+"""Run directories, ``results.json`` and the callbacks that keep them true.
+
+``runs/<experiment>/<run_id>/``: ``config.yaml`` (fully resolved), ``split.json``,
+``checkpoints/`` (``last.ckpt``, ``best.ckpt``), ``metrics.csv``, ``results.json``,
+``predictions/`` and the W&B offline run (``wandb/``). ``results.json`` is rewritten atomically at
+every change of status, so a crash or Ctrl-C leaves it saying ``failed`` or ``interrupted`` next to
+a ``last.ckpt`` that ``resume=true`` continues from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
+
+RESULTS = "results.json"
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+
+
+def new_run_dir(root: Path, experiment: str) -> Path:
+    """A fresh ``root/experiment/<timestamp>`` (suffixed when two runs start in one second)."""
+    base = root / experiment
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        run_dir = base / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run directory under {base}")
+
+
+def newest_resumable_run(root: Path, experiment: str) -> Path | None:
+    """The most recent run of ``experiment`` that has a ``last.ckpt``."""
+    candidates = sorted(
+        (p for p in (root / experiment).glob("*") if (p / CHECKPOINTS / "last.ckpt").is_file()),
+        key=lambda p: (p / CHECKPOINTS / "last.ckpt").stat().st_mtime,
+    )
+    return candidates[-1] if candidates else None
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """``best.ckpt`` when a validation metric selected one, else ``last.ckpt``."""
+    for name in ("best.ckpt", "last.ckpt"):
+        path = run_dir / CHECKPOINTS / name
+        if path.is_file():
+            return path
+    return None
+
+
+def git_commit() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        commit = result.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_description() -> str:
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count}× {torch.cuda.get_device_name(0)}"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n")
+    os.replace(partial, path)
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RESULTS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class RunRecorder:
+    """Keeps ``results.json`` of one run (rank 0 only writes)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        experiment: str,
+        config: Mapping[str, Any],
+        command: Sequence[str],
+        is_writer: bool = True,
+    ) -> None:
+        self.run_dir = run_dir
+        self.is_writer = is_writer
+        previous = read_results(run_dir)
+        self.results: dict[str, Any] = {
+            "experiment": experiment,
+            "run_id": run_dir.name,
+            "status": "running",
+            "model": {
+                "name": config["model"].get("name"),
+                "variant": config["model"].get("variant"),
+            },
+            "params": None,
+            "flops": None,
+            "dataset": config["data"].get("name"),
+            "metrics": {"val": {}, "test": {}},
+            "epochs": 0,
+            "wall_time_s": previous.get("wall_time_s", 0.0),
+            "throughput": None,
+            "device": device_description(),
+            "git_commit": git_commit(),
+            "command": shlex.join(command),
+        }
+        for key in ("params", "flops", "metrics", "epochs", "throughput"):
+            if key in previous:
+                self.results[key] = previous[key]
+        self._started = time.monotonic()
+        self._base_wall = self.results["wall_time_s"]
+
+    def update(self, **fields: Any) -> None:
+        self.results.update(fields)
+        self.results["wall_time_s"] = round(self._base_wall + time.monotonic() - self._started, 1)
+        if self.is_writer:
+            write_json_atomic(self.run_dir / RESULTS, self.results)
+
+    def set_metrics(self, stage: str, summary: Mapping[str, float]) -> None:
+        self.results["metrics"][stage] = {k: float(v) for k, v in summary.items()}
+        self.update()
+
+
+class RunStatusCallback(Callback):
+    """Records progress in ``results.json``; on Ctrl-C or a crash saves ``last.ckpt`` and marks
+    the run ``interrupted`` or ``failed``."""
+
+    def __init__(self, recorder: RunRecorder, checkpoint_dir: Path) -> None:
+        self.recorder = recorder
+        self.checkpoint_dir = checkpoint_dir
+        self._train_start: float | None = None
+        self._samples = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_start = time.monotonic()
+        self._samples = 0
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        image = batch["image"] if isinstance(batch, Mapping) else batch[0]
+        self._samples += len(image) * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        elapsed = time.monotonic() - (self._train_start or time.monotonic())
+        throughput = round(self._samples / elapsed, 3) if elapsed > 0 else None
+        self.recorder.update(epochs=trainer.current_epoch + 1, throughput=throughput)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        evaluation = getattr(pl_module, "last_evaluation", None)
+        if not trainer.sanity_checking and evaluation and evaluation["stage"] == "val":
+            self.recorder.set_metrics("val", evaluation["summary"])
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        interrupted = isinstance(exception, KeyboardInterrupt)
+        if trainer.state.fn == "fit" and trainer.global_step > 0:
+            # Lightning writes through an fsspec transaction (temporary file, then a move), so a
+            # second Ctrl-C during this save cannot leave a truncated last.ckpt behind.
+            trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt")
+        self.recorder.update(
+            status="interrupted" if interrupted else "failed",
+            error=None if interrupted else f"{type(exception).__name__}: {exception}",
+        )
+
+
+# --- running an experiment -----------------------------------------------------------------
+
+
+def _resolve_checkpoint(reference: str, root: Path) -> Path:
+    """A checkpoint file, a run directory, or an experiment name (its newest completed run)."""
+    path = Path(reference)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = best_checkpoint(path)
+        if found:
+            return found
+        raise FileNotFoundError(
+            f"{path}: a run directory without checkpoints/best.ckpt or last.ckpt"
+        )
+    runs = sorted((root / reference).glob("*/" + RESULTS))
+    completed = [p.parent for p in runs if read_results(p.parent).get("status") == "completed"]
+    for run_dir in reversed(completed):
+        found = best_checkpoint(run_dir)
+        if found:
+            return found
+    raise FileNotFoundError(
+        f"{reference!r} is neither a checkpoint file, a run directory, nor an experiment with a "
+        f"completed run under {root / reference}"
+    )
+
+
+def network_state(path: Path) -> dict[str, torch.Tensor]:
+    """The network weights of a suite checkpoint (Lightning, ``net.`` prefix) or a plain state
+    dict, loaded with ``weights_only=True``."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    if any(key.startswith("net.") for key in state):
+        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    return state
+
+
+def initialise_weights(task: Any, init: Mapping[str, Any], root: Path) -> str | None:
+    """Apply ``init.checkpoint`` (weights as they are) or ``init.upkern_from`` (UpKern from a
+    smaller-kernel network) to ``task.net``; returns what was loaded, for the log."""
+    from mednext.models.mednext import upkern
+
+    if init.get("checkpoint") and init.get("upkern_from"):
+        raise ValueError("init.checkpoint and init.upkern_from are exclusive: choose one")
+    if init.get("checkpoint"):
+        path = _resolve_checkpoint(str(init["checkpoint"]), root)
+        task.net.load_state_dict(network_state(path), strict=True)
+        return f"weights from {path}"
+    if init.get("upkern_from"):
+        path = _resolve_checkpoint(str(init["upkern_from"]), root)
+        upkern(network_state(path), task.net)
+        return f"UpKern from {path}"
+    return None
+
+
+def _precision(trainer: dict[str, Any]) -> str | None:
+    """fp16 mixed precision needs CUDA; on a CPU-only machine run in 32-bit and say so."""
+    precision = str(trainer.get("precision", "32-true"))
+    if precision in ("16-mixed", "16", "16-true") and not torch.cuda.is_available():
+        trainer["precision"] = "32-true"
+        return f"trainer.precision={precision} needs a GPU; running in 32-bit on this CPU"
+    return None
+
+
+def _loggers(config: Mapping[str, Any], run_dir: Path) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers: list[Any] = [CSVLogger(save_dir=run_dir, name="", version="")]
+    wandb = config["logger"]["wandb"]
+    if wandb["mode"] != "disabled":
+        loggers.append(
+            WandbLogger(
+                project=wandb["project"],
+                entity=wandb["entity"],
+                name=f"{config['name']}/{run_dir.name}",
+                # One W&B run per run directory: a resumed run continues the same W&B run.
+                id=f"{config['name']}-{run_dir.name}".replace("/", "-"),
+                resume="allow",
+                save_dir=str(run_dir),
+                mode=wandb["mode"],
+                tags=list(wandb["tags"]),
+                config=dict(config),
+            )
+        )
+    return loggers
+
+
+class _SplitWriter(Callback):
+    """Writes the DataModule's split into the run directory once it exists (after setup)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if trainer.is_global_zero and datamodule is not None and hasattr(datamodule, "write_split"):
+            datamodule.write_split(self.run_dir / "split.json")
+
+
+def _complexity(task: Any, config: Mapping[str, Any], patch_size: Sequence[int]) -> tuple[int, int]:
+    from mednext.models import build_model, get_family
+    from mednext.models.complexity import count_parameters, measure
+
+    arguments = {k: v for k, v in config["model"].items() if v is not None}
+    name = arguments.pop("name")
+    with torch.device("meta"):
+        meta = build_model(
+            name,
+            in_channels=task.hparams.in_channels,
+            num_classes=task.hparams.num_classes,
+            **arguments,
+        )
+    shape = (1, task.hparams.in_channels, *patch_size)
+    complexity = measure(meta, shape, get_family(name).paper_convention)
+    return count_parameters(task.net), complexity.flops
+
+
+def build_task(config: Mapping[str, Any], datamodule: Any) -> Any:
+    from mednext.tasks.segmentation import SegmentationTask
+
+    return SegmentationTask(
+        model=config["model"],
+        in_channels=datamodule.in_channels,
+        num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names),
+        patch_size=list(datamodule.patch_size),
+        spacing=list(datamodule.spacing),
+        optim=config["optim"],
+        loss=config["loss"],
+        evaluation=config["eval"],
+        log_images=config["logger"]["log_images"],
+    )
+
+
+def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: Any) -> Path:
+    """Train, validate and test one experiment; returns its run directory."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+    from datamodules import build_datamodule
+
+    root = Path(config["output"]["root"])
+    checkpoint_path = None
+    if config["resume"]:
+        run_dir = newest_resumable_run(root, config["name"])
+        if run_dir is None:
+            raise FileNotFoundError(
+                f"resume=true: no run of {config['name']} with {CHECKPOINTS}/last.ckpt under "
+                f"{root / config['name']}"
+            )
+        checkpoint_path = run_dir / CHECKPOINTS / "last.ckpt"
+        console.print(f"resuming {run_dir} from {checkpoint_path}")
+    else:
+        run_dir = new_run_dir(root, config["name"])
+    (run_dir / ("config.resume.yaml" if config["resume"] else CONFIG)).write_text(
+        OmegaConf.to_yaml(OmegaConf.create(dict(config)))
+    )
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
+    task = build_task(config, datamodule)
+    task.output_dir = run_dir
+    if checkpoint_path is None:
+        loaded = initialise_weights(task, config["init"], root)
+        if loaded:
+            console.print(loaded)
+    recorder = RunRecorder(run_dir, config["name"], config, command)
+    params, flops = _complexity(task, config, datamodule.patch_size)
+    recorder.update(status="running", params=params, flops=flops)
+    trainer_arguments = dict(config["trainer"])
+    notice = _precision(trainer_arguments)
+    if notice:
+        console.print(f"[yellow]{notice}[/yellow]")
+    checkpoint_dir = run_dir / CHECKPOINTS
+    loggers = _loggers(config, run_dir)
+    trainer = L.Trainer(
+        **trainer_arguments,
+        default_root_dir=run_dir,
+        logger=loggers,
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                filename="best",
+                monitor="val/dice_mean",
+                mode="max",
+                save_last=True,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            ),
+            LearningRateMonitor(logging_interval="epoch"),
+            RichProgressBar(),
+            RunStatusCallback(recorder, checkpoint_dir),
+            _SplitWriter(run_dir),
+        ],
+    )
+    recorder.is_writer = trainer.is_global_zero
+    trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=False)
+    if trainer.interrupted:
+        return run_dir
+    best = best_checkpoint(run_dir)
+    trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
+    recorder.set_metrics("test", task.last_evaluation["summary"])
+    recorder.update(status="completed")
+    return run_dir

@@ -1,0 +1,349 @@
+"""Segmentation as a LightningModule: one module for 2D and 3D networks.
+
+What is trained is the registry network (``mednext.models``); how: MONAI Dice + CE with
+deep-supervision weights and nearest-downsampled targets, AdamW or SGD with a poly schedule
+(mixed precision and gradient clipping come from the Trainer), and sliding-window validation and
+test over whole cases (MONAI, Gaussian blending, optional mirror TTA) with per-class, per-case DSC
+and HD95 in mm (MONAI metrics).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from torch import nn
+
+from mednext.models import build_model
+from mednext.tasks.evaluation import volume_case_metrics
+
+# MedNeXt's deep-supervision weights (DESIGN 4.1): 1/2**i for the five outputs, normalised.
+_DS_LEVELS = 5
+
+
+def default_ds_weights(levels: int = _DS_LEVELS) -> list[float]:
+    raw = [0.5**i for i in range(levels)]
+    return [w / sum(raw) for w in raw]
+
+
+class DeepSupervisionLoss(nn.Module):
+    """``Σ_i w_i · loss(output_i, target resized to output_i by nearest neighbour)``.
+
+    ``outputs`` is one logits tensor or the list ``[full, 1/2, ...]``; ``target`` holds integer
+    labels ``(B, 1, *spatial)``.
+    """
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float]) -> None:
+        super().__init__()
+        self.loss = loss
+        self.weights = list(weights)
+
+    def forward(
+        self, outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor
+    ) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        if len(outputs) > len(self.weights):
+            raise ValueError(
+                f"{len(outputs)} deep-supervision outputs but {len(self.weights)} weights"
+            )
+        total = outputs[0].new_zeros(())
+        for weight, output in zip(self.weights, outputs, strict=False):
+            if output.shape[2:] != target.shape[2:]:
+                resized = F.interpolate(target.float(), size=output.shape[2:], mode="nearest")
+                total = total + weight * self.loss(output, resized.long())
+            else:
+                total = total + weight * self.loss(output, target)
+        return total
+
+
+def mirrored_probabilities(
+    predictor: nn.Module, x: torch.Tensor, mirror: bool, spatial_dims: int
+) -> torch.Tensor:
+    """Softmax probabilities of ``predictor(x)``, averaged over every combination of spatial
+    flips when ``mirror`` (nnU-Net's test-time mirroring: 8 passes in 3D, 4 in 2D)."""
+    axes = list(range(2, 2 + spatial_dims))
+    flips = [()] + (
+        [c for r in range(1, spatial_dims + 1) for c in itertools.combinations(axes, r)]
+        if mirror
+        else []
+    )
+    total = None
+    for flip in flips:
+        logits = predictor(torch.flip(x, flip) if flip else x)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        probabilities = torch.flip(probabilities, flip) if flip else probabilities
+        total = probabilities if total is None else total + probabilities
+    return total / len(flips)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+class SegmentationTask(L.LightningModule):
+    """Train and evaluate a registry segmentation network.
+
+    Args:
+        model: registry arguments (``name``, ``variant``, options); ``in_channels`` and
+            ``num_classes`` come from the dataset.
+        in_channels, num_classes, class_names: from the DataModule (background first).
+        patch_size: training patch and sliding-window size.
+        spacing: voxel size in mm of the model grid (HD95 in mm).
+        optim, loss, evaluation: the ``optim``, ``loss`` and ``eval`` configuration groups.
+        log_images: log an overlay of the first validation case per evaluation.
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        in_channels: int,
+        num_classes: int,
+        class_names: Sequence[str],
+        patch_size: Sequence[int],
+        spacing: Sequence[float],
+        optim: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        evaluation: Mapping[str, Any],
+        log_images: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        arguments = dict(model)
+        name = arguments.pop("name")
+        arguments = {k: v for k, v in arguments.items() if v is not None}
+        self.net = build_model(name, in_channels=in_channels, num_classes=num_classes, **arguments)
+        self.spatial_dims = len(patch_size)
+        self.class_names = list(class_names)
+        weights = loss.get("ds_weights") or default_ds_weights()
+        self.criterion = DeepSupervisionLoss(
+            DiceCELoss(
+                include_background=loss.get("include_background", False),
+                to_onehot_y=True,
+                softmax=True,
+                batch=loss.get("batch_dice", True),
+                lambda_dice=loss.get("dice_weight", 1.0),
+                lambda_ce=loss.get("ce_weight", 1.0),
+            ),
+            weights,
+        )
+        # Set by whoever runs the task (the CLI): where per-case tables and overlays go.
+        self.output_dir: Path | None = None
+        # What predict needs to reproduce the preprocessing; filled from the DataModule.
+        self.preprocessing: dict[str, Any] = {}
+        self._rows: list[dict[str, Any]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.net(x)
+
+    # --- training --------------------------------------------------------------------------
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        outputs = self.net(batch["image"])
+        loss = self.criterion(outputs, batch["label"])
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["image"]),
+        )
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optim = self.hparams.optim
+        if optim["name"] == "sgd":
+            optimizer = torch.optim.SGD(
+                self.parameters(),
+                lr=optim["lr"],
+                momentum=optim["momentum"],
+                nesterov=optim["nesterov"],
+                weight_decay=optim["weight_decay"],
+            )
+        else:
+            optimizer = torch.optim.AdamW(
+                self.parameters(),
+                lr=optim["lr"],
+                weight_decay=optim["weight_decay"],
+                eps=optim["eps"],
+            )
+        if optim["scheduler"] == "none":
+            return optimizer
+        interval = optim["scheduler_interval"]
+        total = (
+            self.trainer.max_epochs
+            if interval == "epoch"
+            else self.trainer.estimated_stepping_batches
+        )
+        if not total or total < 0:
+            raise ValueError(
+                "the poly schedule needs a finite length: set trainer.max_epochs "
+                "(or trainer.max_steps with optim.scheduler_interval=step)"
+            )
+        power = optim["poly_power"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1.0 - step / total) ** power
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
+        }
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(B, K, *spatial)`` of whole cases by sliding-window inference."""
+        evaluation = self.hparams.evaluation
+
+        def predictor(x: torch.Tensor) -> torch.Tensor:
+            return mirrored_probabilities(self.net, x, evaluation["mirror_tta"], self.spatial_dims)
+
+        return sliding_window_inference(
+            image,
+            roi_size=tuple(self.hparams.patch_size),
+            sw_batch_size=evaluation["sw_batch_size"],
+            predictor=predictor,
+            overlap=evaluation["sw_overlap"],
+            mode="gaussian",
+        )
+
+    def _evaluate_case(self, batch: Mapping[str, Any], stage: str, batch_idx: int) -> None:
+        prediction = self.predict_probabilities(batch["image"]).argmax(dim=1, keepdim=True)
+        label = batch["label"]
+        dice, hd95 = volume_case_metrics(
+            prediction[0, 0],
+            label[0, 0],
+            self.hparams.num_classes,
+            self.hparams.spacing,
+            hd95=self.hparams.evaluation["hd95"],
+        )
+        case_ids = batch.get("case_id") or [f"case{batch_idx}"]
+        row: dict[str, Any] = {"case_id": case_ids[0]}
+        for name, d, h in zip(self.class_names[1:], dice, hd95, strict=True):
+            row[f"dice/{name}"] = d
+            row[f"hd95/{name}"] = h
+        self._rows.append(row)
+        if batch_idx == 0 and self.hparams.log_images:
+            self._log_overlay(batch["image"], label, prediction, stage, case_ids[0])
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate_case(batch, "val", batch_idx)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate_case(batch, "test", batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._rows = []
+
+    def on_test_epoch_start(self) -> None:
+        self._rows = []
+
+    def _gathered_rows(self) -> list[dict[str, Any]]:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return list(self._rows)
+        gathered: list[list[dict[str, Any]]] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
+        torch.distributed.all_gather_object(gathered, self._rows)
+        unique = {row["case_id"]: row for rows in gathered for row in rows}
+        return [unique[key] for key in sorted(unique)]
+
+    def summarise(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Mean over cases per class (NaN-aware), then over classes: ``dice_mean``,
+        ``hd95_mean``, ``dice/<class>``, ``hd95/<class>``."""
+        summary: dict[str, float] = {}
+        for metric in ("dice", "hd95"):
+            per_class = [
+                _nanmean([row[f"{metric}/{name}"] for row in rows]) for name in self.class_names[1:]
+            ]
+            for name, value in zip(self.class_names[1:], per_class, strict=True):
+                summary[f"{metric}/{name}"] = value
+            summary[f"{metric}_mean"] = _nanmean(per_class)
+        return summary
+
+    def _finish_evaluation(self, stage: str) -> dict[str, float]:
+        rows = self._gathered_rows()
+        summary = self.summarise(rows)
+        for key, value in summary.items():
+            # Identical on every rank after the gather: no further reduction.
+            self.log(f"{stage}/{key}", value, sync_dist=False, rank_zero_only=False)
+        if self.output_dir is not None and self.global_rank == 0:
+            write_case_table(rows, self.output_dir / f"{stage}_cases.csv")
+        self.last_evaluation = {"stage": stage, "summary": summary, "cases": rows}
+        return summary
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._rows = []
+            return
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _log_overlay(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        prediction: torch.Tensor,
+        stage: str,
+        case_id: str,
+    ) -> None:
+        from mednext.plots import overlay_figure
+
+        picture = overlay_figure(
+            image[0, 0].float().cpu().numpy(),
+            label[0, 0].cpu().numpy(),
+            prediction[0, 0].cpu().numpy(),
+            self.hparams.num_classes,
+            title=f"{stage} {case_id} (epoch {self.current_epoch})",
+        )
+        if self.output_dir is not None and self.global_rank == 0:
+            from mednext.plots import save_png
+
+            save_png(picture, self.output_dir / "predictions" / f"{stage}_{case_id}_overlay.png")
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key=f"{stage}/overlay", images=[picture], caption=[case_id])
+
+    # --- checkpoint ------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        self._capture_preprocessing()
+
+    def on_test_start(self) -> None:
+        self._capture_preprocessing()
+
+    def _capture_preprocessing(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "preprocessing"):
+            self.preprocessing = dict(datamodule.preprocessing)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mednext_preprocessing"] = self.preprocessing
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.preprocessing = dict(checkpoint.get("mednext_preprocessing", {}))
+
+
+def write_case_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Per-case metrics as CSV (one row per case, one column per metric and class)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0]) if rows else ["case_id"]
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
