@@ -8,7 +8,9 @@ Lightning or MONAI.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +45,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         run_dir = run_experiment(config, command, console)
     except (KeyboardInterrupt, SystemExit):
+        # Lightning ignores SIGINT from its first Ctrl-C on; give the process its handler back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         console.print(
             f"[yellow]interrupted[/yellow]: resume with `mednext train {args.experiment} "
             f"{' '.join(args.overrides)} resume=true`"
@@ -206,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torch 2.13 deprecates a pytree check that Lightning 2.6 makes on every step; not actionable.
+    warnings.filterwarnings(
+        "ignore", message=r".isinstance\(treespec, LeafSpec\)", category=FutureWarning
+    )
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ a ``last.ckpt`` that ``resume=true`` continues from.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import platform
 import shlex
 import subprocess
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +25,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import OmegaConf
 
 RESULTS = "results.json"
@@ -146,7 +151,8 @@ class RunRecorder:
             "git_commit": git_commit(),
             "command": shlex.join(command),
         }
-        for key in ("params", "flops", "metrics", "epochs", "throughput"):
+        # A resumed or re-tested run keeps what describes its training.
+        for key in ("params", "flops", "metrics", "epochs", "throughput", "command", "git_commit"):
             if key in previous:
                 self.results[key] = previous[key]
         self._started = time.monotonic()
@@ -276,10 +282,35 @@ def _precision(trainer: dict[str, Any]) -> str | None:
     return None
 
 
-def _loggers(config: Mapping[str, Any], run_dir: Path) -> list[Any]:
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+class _AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing ``metrics.csv`` (and warns about the non-empty
+    run directory); a resumed run must append to it instead, under the header it already has."""
 
-    loggers: list[Any] = [CSVLogger(save_dir=run_dir, name="", version="")]
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                self.metrics_keys = sorted(next(csv.reader(handle), []))
+
+
+class RunCSVLogger(CSVLogger):
+    """``metrics.csv`` directly in the run directory, kept across resumed sessions."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(save_dir=run_dir, name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _loggers(config: Mapping[str, Any], run_dir: Path) -> list[Any]:
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers: list[Any] = [RunCSVLogger(run_dir)]
     wandb = config["logger"]["wandb"]
     if wandb["mode"] != "disabled":
         loggers.append(
@@ -406,7 +437,16 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
         ],
     )
     recorder.is_writer = trainer.is_global_zero
-    trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=False)
+    with warnings.catch_warnings():
+        if checkpoint_path is not None:
+            # Resuming: the checkpoints already there are this run's own.
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            # A Ctrl-C checkpoint is mid-epoch. Training patches are drawn independently with
+            # replacement, so there is no data order to restore: the epoch simply goes on.
+            warnings.filterwarnings(
+                "ignore", message="You're resuming from a checkpoint that ended"
+            )
+        trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
     if trainer.interrupted:
         return run_dir
     best = best_checkpoint(run_dir)
@@ -414,3 +454,55 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
     recorder.set_metrics("test", task.last_evaluation["summary"])
     recorder.update(status="completed")
     return run_dir
+
+
+def _run_and_checkpoint(target: Path) -> tuple[Path, Path]:
+    if target.is_file():
+        run_dir = target.parent.parent if target.parent.name == CHECKPOINTS else target.parent
+        return run_dir, target
+    if target.is_dir():
+        checkpoint = best_checkpoint(target)
+        if checkpoint is None:
+            raise FileNotFoundError(f"{target}: no {CHECKPOINTS}/best.ckpt or last.ckpt")
+        return target, checkpoint
+    raise FileNotFoundError(f"{target}: neither a run directory nor a checkpoint file")
+
+
+def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
+    """``mednext test RUN_DIR|CKPT``: evaluate a checkpoint on the test split of its run's
+    experiment (``config.yaml`` beside it) and record the metrics in the run's results.json."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from datamodules import build_datamodule
+    from mednext.config import as_dict, compose
+
+    run_dir, checkpoint = _run_and_checkpoint(target)
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: the run's configuration is missing")
+    config = as_dict(compose(config_path))
+    datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
+    task = build_task(config, datamodule)
+    task.output_dir = run_dir
+    device_keys = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+    trainer_arguments = {k: v for k, v in config["trainer"].items() if k in device_keys}
+    notice = _precision(trainer_arguments)
+    if notice:
+        console.print(f"[yellow]{notice}[/yellow]")
+    trainer = L.Trainer(
+        **trainer_arguments,
+        default_root_dir=run_dir,
+        logger=False,
+        callbacks=[RichProgressBar()],
+    )
+    # The weights alone: a Trainer given ckpt_path would also want the training callbacks back.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    task.load_state_dict(state["state_dict"])
+    task.on_load_checkpoint(state)
+    trainer.test(task, datamodule=datamodule)
+    summary = task.last_evaluation["summary"]
+    if trainer.is_global_zero:
+        recorder = RunRecorder(run_dir, config["name"], config, ["mednext", "test", str(target)])
+        recorder.results["status"] = read_results(run_dir).get("status", "completed")
+        recorder.set_metrics("test", summary)
+    return run_dir, summary
