@@ -57,6 +57,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir}")
     if dice is not None:
         print(f"test mean Dice: {dice:.4f}")
+    for overlay in sorted((run_dir / "predictions").glob("test_*_overlay.png"))[:1]:
+        print(f"overlay: {overlay}")
     return 0
 
 
