@@ -264,3 +264,15 @@ def test_missing_dataset_says_where_it_looked_and_how_to_dry_run(tmp_path: Path,
     assert "Traceback" not in message
     results = json.loads(next((tmp_path / "runs").rglob("results.json")).read_text())
     assert results["status"] == "failed"
+
+
+def test_wandb_offline_run_is_kept_inside_the_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    arguments = toy(tmp_path / "runs", tmp_path / "cache", "trainer.max_epochs=1")
+    assert main(["train", "synapse_mednext_s", *arguments, "logger.wandb.mode=offline"]) == 0
+    run = only_run(tmp_path / "runs", "synapse_mednext_s")
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert not (tmp_path / "wandb").exists()
