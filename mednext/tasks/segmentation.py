@@ -142,6 +142,8 @@ class SegmentationTask(L.LightningModule):
         # What predict needs to reproduce the preprocessing; filled from the DataModule.
         self.preprocessing: dict[str, Any] = {}
         self._rows: list[dict[str, Any]] = []
+        # The latest evaluation: {"stage", "summary", "cases"}; read by the run's callbacks.
+        self.last_evaluation: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.net(x)
