@@ -52,6 +52,8 @@ class LossConfig:
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     include_background: bool = False
+    # Dice over the whole batch as one volume (nnU-Net's batch_dice for 3D) or per sample.
+    batch_dice: bool = True
     # Deep-supervision weights, full resolution first; None: nnU-Net's 1/2**i, normalised.
     ds_weights: list[float] | None = None
 

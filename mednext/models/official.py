@@ -22,32 +22,34 @@ import torch
 
 StateDict = dict[str, torch.Tensor]
 
-# (official pattern, ours) applied in order to the part of the key before the tensor name.
-_MEDNEXT_MODULES: tuple[tuple[str, str], ...] = (
-    (r"^enc_block_(\d)\.", r"encoder.\1."),
-    (r"^down_(\d)\.", r"down.\1."),
-    (r"^up_(\d)\.", r"up.\1."),
-    (r"^dec_block_(\d)\.", r"decoder.\1."),
-    (r"^out_(\d)\.conv_out\.", r"heads.\1."),
-    (r"\.grn_gamma$", r".grn.gamma"),
-    (r"\.grn_beta$", r".grn.beta"),
+# Official name -> ours, one table for both directions: module prefixes (index = resolution
+# level in both) and GRN parameter suffixes.
+_MEDNEXT_PREFIXES: tuple[tuple[str, str], ...] = (
+    *((f"enc_block_{i}.", f"encoder.{i}.") for i in range(4)),
+    *((f"down_{i}.", f"down.{i}.") for i in range(4)),
+    *((f"up_{i}.", f"up.{i}.") for i in range(4)),
+    *((f"dec_block_{i}.", f"decoder.{i}.") for i in range(4)),
+    *((f"out_{i}.conv_out.", f"heads.{i}.") for i in range(5)),
 )
-_MEDNEXT_MODULES_BACK: tuple[tuple[str, str], ...] = (
-    (r"^encoder\.(\d)\.", r"enc_block_\1."),
-    (r"^down\.(\d)\.", r"down_\1."),
-    (r"^up\.(\d)\.", r"up_\1."),
-    (r"^decoder\.(\d)\.", r"dec_block_\1."),
-    (r"^heads\.(\d)\.", r"out_\1.conv_out."),
-    (r"\.grn\.gamma$", r".grn_gamma"),
-    (r"\.grn\.beta$", r".grn_beta"),
+_MEDNEXT_SUFFIXES: tuple[tuple[str, str], ...] = (
+    (".grn_gamma", ".grn.gamma"),
+    (".grn_beta", ".grn.beta"),
 )
 _OFFICIAL_ONLY = ("dummy_tensor",)
 _HEAD_WEIGHT = re.compile(r"^heads\.\d\.weight$")
 
 
-def _rename(key: str, table: tuple[tuple[str, str], ...]) -> str:
-    for pattern, replacement in table:
-        key = re.sub(pattern, replacement, key)
+def _rename(key: str, to_official: bool = False) -> str:
+    """An official MedNeXt key under our names, or (``to_official``) the reverse."""
+    for official, ours in _MEDNEXT_PREFIXES:
+        old, new = (ours, official) if to_official else (official, ours)
+        if key.startswith(old):
+            key = new + key[len(old) :]
+            break
+    for official, ours in _MEDNEXT_SUFFIXES:
+        old, new = (ours, official) if to_official else (official, ours)
+        if key.endswith(old):
+            key = key[: -len(old)] + new
     return key
 
 
@@ -109,7 +111,7 @@ def load_official_mednext(source: str | os.PathLike[str] | Mapping[str, Any]) ->
     for key, value in official.items():
         if key in _OFFICIAL_ONLY:
             continue
-        new_key = _rename(key, _MEDNEXT_MODULES)
+        new_key = _rename(key)
         if _HEAD_WEIGHT.match(new_key):
             # ConvTranspose weight (C_in, C_out, 1...) -> Conv weight (C_out, C_in, 1...).
             value = value.transpose(0, 1).contiguous()
@@ -124,7 +126,7 @@ def export_official_mednext(state_dict: Mapping[str, torch.Tensor]) -> StateDict
     for key, value in state_dict.items():
         if _HEAD_WEIGHT.match(key):
             value = value.transpose(0, 1).contiguous()
-        official[_rename(key, _MEDNEXT_MODULES_BACK)] = value
+        official[_rename(key, to_official=True)] = value
     return official
 
 
