@@ -63,7 +63,8 @@ def print_model_table(
     table = Table(
         title="Registered models (counted on the meta device)",
         caption="GFLOPs: torch FlopCounterMode, 2 per multiply-add. Paper G: the publishing "
-        "paper's convention (fvcore: multiply-adds + 5 per affine-norm element).",
+        "paper's convention (fvcore: multiply-adds + 5 per affine-norm element; thop: its "
+        "per-module MAC rules).",
     )
     for column in ("model", "preset", "input", "params", "GFLOPs", "paper G", "convention"):
         table.add_column(column, justify="left" if column in ("model", "preset") else "right")
@@ -73,8 +74,8 @@ def print_model_table(
             row.preset,
             _shape_label(row.input_shape),
             f"{row.params:,}",
-            f"{row.gflops:,.1f}",
-            f"{row.paper_g:,.1f}",
+            f"{row.gflops:,.2f}",
+            f"{row.paper_g:,.2f}",
             row.paper_convention,
         )
     Console().print(table)

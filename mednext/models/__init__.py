@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from mednext.models import mednext
+from mednext.models import cmunext, mednext, mednext_lite
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,48 @@ register_model(
         reference={"in_channels": 1, "num_classes": 14, "deep_supervision": True},
         input_size=128,
         paper_convention="fvcore",
+    )
+)
+
+register_model(
+    ModelFamily(
+        name="mednext_lite",
+        builder=mednext_lite.build_mednext_lite,
+        constructor=mednext_lite.MedNeXtLite,
+        presets=mednext_lite.PRESETS,
+        catalog={variant: {"variant": variant} for variant in mednext_lite.PRESETS},
+        # DESIGN 4.2's complexity figures: a 2-class classifier at 3×224².
+        reference={"in_channels": 3, "num_classes": 2},
+        input_size=224,
+        paper_convention="thop",
+    )
+)
+
+register_model(
+    ModelFamily(
+        name="mednext_lite_seg",
+        builder=mednext_lite.build_mednext_lite_segmenter,
+        constructor=mednext_lite.MedNeXtLiteUNet,
+        presets=mednext_lite.SEGMENTER_PRESETS,
+        catalog={variant: {"variant": variant} for variant in mednext_lite.SEGMENTER_PRESETS},
+        # Synapse 2D (TransUNet release): 1×224², background + 8 organs.
+        reference={"in_channels": 1, "num_classes": 9},
+        input_size=224,
+        paper_convention="thop",
+    )
+)
+
+register_model(
+    ModelFamily(
+        name="cmunext",
+        builder=cmunext.build_cmunext,
+        constructor=cmunext.CMUNeXt,
+        presets=cmunext.PRESETS,
+        catalog={variant: {"variant": variant} for variant in cmunext.PRESETS},
+        # The published figures (Tang et al. 2023): 3 → 1 channels at 256², counted with thop.
+        reference={"in_channels": 3, "num_classes": 1},
+        input_size=256,
+        paper_convention="thop",
     )
 )
 

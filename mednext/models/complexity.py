@@ -7,6 +7,11 @@
   transposed convolution counted over its input positions, as FlopCounterMode also does) plus 5 per
   element of every affine GroupNorm/LayerNorm (fvcore's ``norm_flop_counter``), nothing for
   activations, additions or padding.
+  For CMUNeXt it is thop's ``profile`` (thop 0.1.1, the last PyPI release of
+  Lyken17/pytorch-OpCounter): per-module rules keyed by the module's exact type, whose "FLOPs" are
+  multiply-accumulates. The rules are re-stated here as forward hooks (``_THOP_RULES``) rather than
+  imported: thop 0.1.1 imports ``distutils`` (gone from the standard library since Python 3.12)
+  and adds buffers to every module it profiles. On every CMUNeXt preset the count equals thop's.
 
 Counting runs on the meta device: no memory is allocated and nothing is computed, so the full-size
 figures of the largest presets take well under a second.
@@ -14,7 +19,8 @@ figures of the largest presets take well under a second.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 # fvcore's norm_flop_counter: "5 is just a rough estimate" per element of an affine norm.
 _FVCORE_NORM_FLOPS_PER_ELEMENT = 5
 _NORMS = (nn.GroupNorm, nn.LayerNorm)
+_PAPER_CONVENTIONS = ("fvcore", "thop")
 
 
 @dataclass(frozen=True)
@@ -51,16 +58,109 @@ def _norm_elements(model: nn.Module) -> tuple[int, Any]:
     return total, handles
 
 
+_ThopRule = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], int]
+
+
+def _thop_conv(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    # thop calculate_conv2d_flops: output elements x input channels per group x kernel elements;
+    # no bias term, and a transposed conv is counted over its output positions too.
+    kernel = math.prod(module.weight.shape[2:])
+    return output.numel() * (inputs[0].shape[1] // module.groups) * kernel
+
+
+def _thop_norm(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    # thop count_normalization: 2 per input element, twice that for an affine norm.
+    affine = getattr(module, "affine", False) or getattr(module, "elementwise_affine", False)
+    return (4 if affine else 2) * inputs[0].numel()
+
+
+# thop calculate_upsample, per output element; other modes (trilinear included) count zero.
+_THOP_UPSAMPLE_OPS = {"nearest": 1, "linear": 5, "bilinear": 11, "bicubic": 224 + 35}
+
+
+def _thop_upsample(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+) -> int:
+    return _THOP_UPSAMPLE_OPS.get(module.mode, 0) * output.numel()
+
+
+def _thop_linear(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    return module.in_features * output.numel()
+
+
+def _thop_avgpool(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    return output.numel()
+
+
+def _thop_adaptive_avgpool(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+) -> int:
+    # thop count_adap_avgpool: (input/output size ratio + 1 division) per output element.
+    ratio = math.prod(i / o for i, o in zip(inputs[0].shape[2:], output.shape[2:], strict=True))
+    return int((ratio + 1) * output.numel())
+
+
+# thop's register_hooks for the layer types of this suite, matched on type(module) exactly as thop
+# does. Types without a rule count zero, as in thop: activations (ReLU, GELU), max pooling,
+# GroupNorm, and every functional op (additions, concatenation, F.interpolate, matmul). thop's
+# rules for PReLU, LeakyReLU, Softmax and recurrent layers are not reproduced; no model uses them.
+_THOP_RULES: dict[type[nn.Module], _ThopRule] = {
+    **dict.fromkeys(
+        (
+            nn.Conv1d,
+            nn.Conv2d,
+            nn.Conv3d,
+            nn.ConvTranspose1d,
+            nn.ConvTranspose2d,
+            nn.ConvTranspose3d,
+        ),
+        _thop_conv,
+    ),
+    **dict.fromkeys(
+        (
+            nn.BatchNorm1d,
+            nn.BatchNorm2d,
+            nn.BatchNorm3d,
+            nn.SyncBatchNorm,
+            nn.LayerNorm,
+            nn.InstanceNorm1d,
+            nn.InstanceNorm2d,
+            nn.InstanceNorm3d,
+        ),
+        _thop_norm,
+    ),
+    **dict.fromkeys((nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d), _thop_upsample),
+    nn.Linear: _thop_linear,
+    **dict.fromkeys((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), _thop_avgpool),
+    **dict.fromkeys(
+        (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d),
+        _thop_adaptive_avgpool,
+    ),
+}
+
+
+def _thop_macs(model: nn.Module) -> tuple[list[int], list[Any]]:
+    total = [0]
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        total[0] += _THOP_RULES[type(module)](module, inputs, output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in _THOP_RULES]
+    return total, handles
+
+
 def measure(
     model: nn.Module, input_shape: Sequence[int], paper_convention: str = "fvcore"
 ) -> Complexity:
     """Count parameters and FLOPs of one forward pass of ``model`` on ``input_shape`` (batch
     included). The model may live on the meta device; it is run in its current train/eval mode."""
-    if paper_convention != "fvcore":
-        raise ValueError(f"unknown FLOP convention {paper_convention!r}; known: fvcore")
+    if paper_convention not in _PAPER_CONVENTIONS:
+        raise ValueError(
+            f"unknown FLOP convention {paper_convention!r}; known: {', '.join(_PAPER_CONVENTIONS)}"
+        )
     device = next(model.parameters()).device
     x = torch.empty(tuple(input_shape), device=device)
-    norm_total, handles = _norm_elements(model)
+    counted, handles = (_thop_macs if paper_convention == "thop" else _norm_elements)(model)
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
@@ -69,7 +169,10 @@ def measure(
         for handle in handles:
             handle.remove()
     flops = counter.get_total_flops()
-    paper = flops // 2 + _FVCORE_NORM_FLOPS_PER_ELEMENT * norm_total[0]
+    if paper_convention == "thop":
+        paper = counted[0]
+    else:
+        paper = flops // 2 + _FVCORE_NORM_FLOPS_PER_ELEMENT * counted[0]
     return Complexity(
         params=count_parameters(model),
         flops=flops,

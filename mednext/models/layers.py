@@ -26,3 +26,25 @@ class GlobalResponseNorm(nn.Module):
         gx = torch.linalg.vector_norm(x, ord=2, dim=self.spatial_axes, keepdim=True)
         nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
         return self.gamma * (x * nx) + self.beta + x
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016) per sample: in training, zero a residual branch's
+    output for a fraction ``rate`` of the samples and scale the rest by ``1/(1-rate)``; the
+    identity in eval mode or at rate 0. Input and output ``(B, *)``."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), not {rate}")
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"

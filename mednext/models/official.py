@@ -7,6 +7,10 @@ modules ``stem``, ``enc_block_i``, ``down_i``, ``bottleneck``, ``up_i``, ``dec_b
 ``grn_beta`` on the block, and carries a one-element ``dummy_tensor`` used only by its reentrant
 checkpointing. nnU-Net saves
 ``{"state_dict": ..., "optimizer_state_dict": ..., ...}``; DDP training adds a ``module.`` prefix.
+
+CMUNeXt: the official code (FengheTan9/CMUNeXt, ``network/CMUNeXt.py``) names its modules
+``stem``, ``encoder1..5``, ``Up2..5``, ``Up_conv2..5`` and ``Conv_1x1`` and indexes the layers
+inside them by ``nn.Sequential`` position; its ``main.py`` saves the bare ``model.state_dict()``.
 """
 
 from __future__ import annotations
@@ -76,18 +80,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
         raise ValueError(
             f"{path}: cannot be read as a checkpoint with weights_only=True ({error}). If it "
             "comes from a source you trust, load it with torch.load(..., weights_only=False) and "
-            "pass the resulting dict to load_official_mednext."
+            "pass the resulting dict to load_official_mednext or load_official_cmunext."
         ) from error
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> StateDict:
-    state = checkpoint.get("state_dict", checkpoint)
+    wrapper = next((key for key in ("state_dict", "model") if key in checkpoint), None)
+    state = checkpoint if wrapper is None else checkpoint[wrapper]
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise ValueError(
             "expected a state dict (parameter name -> tensor) or a checkpoint with a 'state_dict' "
-            f"entry; got top-level keys {sorted(checkpoint)[:8]}"
+            f"or 'model' entry; got top-level keys {sorted(checkpoint)[:8]}"
         )
     return {key.removeprefix("module."): value for key, value in state.items()}
 
@@ -164,6 +169,121 @@ def infer_mednext_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, An
     }
 
 
+# Official CMUNeXt module -> ours, one table for both directions. "{j}" is the block index inside
+# an encoder stage; our index i of encoder/decoder is the resolution level 1/2**i (official
+# encoder{i+1}, Up{i+2} and Up_conv{i+2}). Official layer indices are nn.Sequential positions:
+# CMUNeXtBlock.block[j] = (Residual(dwconv, GELU, BN), conv1x1, GELU, BN, conv1x1, GELU, BN),
+# conv_block.conv = (conv, BN, ReLU), up_conv.up = (Upsample, conv, BN, ReLU) and
+# fusion_conv.conv = (conv, GELU, BN, conv1x1, GELU, BN, conv1x1, GELU, BN).
+_CMUNEXT_MODULES: tuple[tuple[str, str], ...] = (
+    ("stem.conv.0", "stem.conv"),
+    ("stem.conv.1", "stem.norm"),
+    *(
+        (f"encoder{i + 1}.{official}", f"encoder.{i}.{ours}")
+        for i in range(5)
+        for official, ours in (
+            ("block.{j}.0.fn.0", "blocks.{j}.dwconv"),
+            ("block.{j}.0.fn.2", "blocks.{j}.norm"),
+            ("block.{j}.1", "blocks.{j}.pwconv1"),
+            ("block.{j}.3", "blocks.{j}.norm1"),
+            ("block.{j}.4", "blocks.{j}.pwconv2"),
+            ("block.{j}.6", "blocks.{j}.norm2"),
+            ("up.conv.0", "proj.conv"),
+            ("up.conv.1", "proj.norm"),
+        )
+    ),
+    *(
+        (official.format(i + 2), f"decoder.{i}.{ours}")
+        for i in range(4)
+        for official, ours in (
+            ("Up{}.up.1", "up.conv"),
+            ("Up{}.up.2", "up.norm"),
+            ("Up_conv{}.conv.0", "fusion.conv"),
+            ("Up_conv{}.conv.2", "fusion.norm"),
+            ("Up_conv{}.conv.3", "fusion.pwconv1"),
+            ("Up_conv{}.conv.5", "fusion.norm1"),
+            ("Up_conv{}.conv.6", "fusion.pwconv2"),
+            ("Up_conv{}.conv.8", "fusion.norm2"),
+        )
+    ),
+    ("Conv_1x1", "head"),
+)
+
+
+def _module_pattern(template: str) -> re.Pattern[str]:
+    """``encoder1.block.{j}.1`` -> a regex for its parameters and buffers, block index captured."""
+    module = re.escape(template).replace(re.escape("{j}"), r"(?P<j>\d+)")
+    return re.compile(rf"^{module}\.(?P<tensor>[a-z_]+)$")
+
+
+_CMUNEXT_IMPORT = [(_module_pattern(official), ours) for official, ours in _CMUNEXT_MODULES]
+_CMUNEXT_EXPORT = [(_module_pattern(ours), official) for official, ours in _CMUNEXT_MODULES]
+
+
+def _rename_cmunext(
+    state: Mapping[str, torch.Tensor], renames: list[tuple[re.Pattern[str], str]], names: str
+) -> StateDict:
+    renamed: StateDict = {}
+    unknown = []
+    for key, value in state.items():
+        for pattern, target in renames:
+            match = pattern.match(key)
+            if match:
+                module = target.format(j=match.groupdict().get("j"))
+                renamed[f"{module}.{match['tensor']}"] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"not {names} CMUNeXt parameter names: {unknown[:5]}")
+    return renamed
+
+
+def load_official_cmunext(source: str | os.PathLike[str] | Mapping[str, Any]) -> StateDict:
+    """Convert an official CMUNeXt checkpoint into a state dict of
+    ``mednext.models.cmunext.CMUNeXt``.
+
+    ``source`` is a checkpoint path, a plain state dict (what the official ``main.py`` saves) or a
+    checkpoint with a ``state_dict`` or ``model`` entry, optionally with DDP's ``module.`` prefix.
+    The result loads with ``load_state_dict(strict=True)`` into the CMUNeXt that
+    ``infer_cmunext_config`` describes, and that model computes exactly what the official one does.
+    """
+    checkpoint = source if isinstance(source, Mapping) else read_checkpoint(source)
+    official = _unwrap(checkpoint)
+    if "stem.conv.0.weight" not in official:
+        raise ValueError(
+            "not an official CMUNeXt state dict: no 'stem.conv.0.weight' (keys start with "
+            f"{sorted(official)[:3]})"
+        )
+    return _rename_cmunext(official, _CMUNEXT_IMPORT, "official")
+
+
+def export_official_cmunext(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """The inverse of ``load_official_cmunext``: our CMUNeXt state dict under the official names,
+    loadable into the official ``CMUNeXt`` with ``strict=True``."""
+    return _rename_cmunext(state_dict, _CMUNEXT_EXPORT, "this suite's")
+
+
+def infer_cmunext_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The ``CMUNeXt`` constructor arguments that ``state_dict`` (our names) was saved from, all
+    read off the tensor shapes."""
+
+    def depth(level: int) -> int:
+        prefix = f"encoder.{level}.blocks."
+        return len(
+            {key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)}
+        )
+
+    stem = state_dict["stem.conv.weight"]
+    return {
+        "in_channels": stem.shape[1],
+        "num_classes": state_dict["head.weight"].shape[0],
+        "dims": [state_dict[f"encoder.{i}.proj.conv.weight"].shape[0] for i in range(5)],
+        "depths": [depth(i) for i in range(5)],
+        "kernels": [state_dict[f"encoder.{i}.blocks.0.dwconv.weight"].shape[-1] for i in range(5)],
+    }
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -172,16 +292,21 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def convert_command(fmt: str, source: str, destination: str) -> int:
-    """``mednext convert official-mednext IN OUT``."""
-    converters = {"official-mednext": load_official_mednext}
+    """``mednext convert official-mednext|official-cmunext IN OUT``."""
+    # format -> (importer, config reader, registry name)
+    converters = {
+        "official-mednext": (load_official_mednext, infer_mednext_config, "mednext"),
+        "official-cmunext": (load_official_cmunext, infer_cmunext_config, "cmunext"),
+    }
+    load, infer_config, model_name = converters[fmt]
     try:
-        state = converters[fmt](source)
+        state = load(source)
     except (FileNotFoundError, ValueError) as error:
         print(f"mednext convert: {error}", file=sys.stderr)
         return 2
     _atomic_save(state, Path(destination))
     count = sum(v.numel() for v in state.values())
     print(f"wrote {destination}: {len(state)} tensors, {count:,} values")
-    arguments = ", ".join(f"{k}={v!r}" for k, v in infer_mednext_config(state).items())
-    print(f"load it into build_model('mednext', {arguments})")
+    arguments = ", ".join(f"{k}={v!r}" for k, v in infer_config(state).items())
+    print(f"load it into build_model({model_name!r}, {arguments})")
     return 0
