@@ -10,21 +10,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import lightning as L
+
 from datamodules.acdc import ACDCVolumeDataModule
 from datamodules.base import did_you_mean
 from datamodules.brain_demo import BrainDemoDataModule
+from datamodules.image_folders import CovidCTDataModule, MSLDDataModule, SarsCov2DataModule
 from datamodules.synapse import SynapseVolumeDataModule
-from datamodules.volumes import VolumeDataModule
 
-#: Registry name -> DataModule class.
-DATAMODULES: dict[str, type[VolumeDataModule]] = {
+#: Registry name -> DataModule class (``VolumeDataModule`` for the 3D segmentation sets,
+#: ``ImageFolderDataModule`` for the classification sets).
+DATAMODULES: dict[str, type[L.LightningDataModule]] = {
     "synapse": SynapseVolumeDataModule,
     "acdc": ACDCVolumeDataModule,
     "brain_demo": BrainDemoDataModule,
+    "sarscov2": SarsCov2DataModule,
+    "msld": MSLDDataModule,
+    "covidct": CovidCTDataModule,
 }
 
 
-def datamodule_class(name: str) -> type[VolumeDataModule]:
+def datamodule_class(name: str) -> type[L.LightningDataModule]:
     """The DataModule class registered as ``name``; ``KeyError`` listing the known names."""
     if name not in DATAMODULES:
         raise KeyError(
@@ -34,7 +40,7 @@ def datamodule_class(name: str) -> type[VolumeDataModule]:
     return DATAMODULES[name]
 
 
-def build_datamodule(data: Mapping[str, Any], seed: int = 0) -> VolumeDataModule:
+def build_datamodule(data: Mapping[str, Any], seed: int = 0) -> L.LightningDataModule:
     """The DataModule of an experiment's ``data:`` group (``name`` selects the dataset, the other
     keys are its ``Config`` fields) with the experiment's ``seed``."""
     cls = datamodule_class(data["name"])

@@ -4,6 +4,10 @@ Each writer produces the folder names, file names, dtypes and header quirks of t
 download (LPS-like flipped axes, anisotropic voxels, a slightly oblique short-axis stack for ACDC,
 ACDC's ``Info.cfg`` and ``_4d`` series) with tiny volumes holding learnable structures: every
 class is a blob of its own intensity at a roughly fixed place, jittered per case, with noise.
+The classification sets (class-per-folder images) get small images of varying size whose class
+shows as a disc at a class-dependent height with a class-dependent brightness or colour, in the
+downloads' file formats, plus the mess real folders carry (``.DS_Store``, ``Thumbs.db``,
+AppleDouble files, ``__MACOSX/``, an upper-case extension, images in unusual modes).
 Everything is drawn from one seeded generator, so a seed gives the same files.
 
 ``write_dataset(name, root)`` is what ``mednext data synthetic DATASET OUT_DIR`` and
@@ -12,12 +16,15 @@ Everything is drawn from one seeded generator, so a seed gives the same files.
 
 from __future__ import annotations
 
+import colorsys
+import csv
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from PIL import Image
 
 from datamodules import acdc, synapse
 
@@ -223,15 +230,247 @@ def _write_acdc_patient(
     )
 
 
-WRITERS: dict[str, Callable[..., Path]] = {"synapse": write_synapse, "acdc": write_acdc}
+# --- class-per-folder images (the classification sets) ----------------------------------------
+
+#: Sides of the synthetic images in pixels, drawn per image (the real sets mix sizes).
+_IMAGE_SIDES = (40, 96)
+_IMAGE_NOISE = 16.0
+_SCAN_BACKGROUND, _SCAN_DISC = 40.0, (120.0, 230.0)  # grey levels: background, disc range
+_SKIN = (205.0, 160.0, 135.0)
+#: Per-class index of the images written in an unusual form (the rest are plain).
+_SCAN_VARIANTS = {0: "RGB", 1: "RGBA", 2: "P", 3: "I;16", 4: "upper-case extension"}
+_PHOTO_VARIANTS = {0: "CMYK", 1: "L", 2: "RGBA PNG", 3: "upper-case extension", 4: "EXIF rotated"}
+
+
+def class_image(rng: np.random.Generator, label: int, num_classes: int, color: bool) -> np.ndarray:
+    """A fake image of class ``label``: a noisy background with a disc whose height in the image
+    and brightness (``color``: hue, on skin tone) depend on the class, jittered. uint8, (H, W)
+    or (H, W, 3), each side drawn from ``_IMAGE_SIDES``."""
+    height, width = (int(n) for n in rng.integers(_IMAGE_SIDES[0], _IMAGE_SIDES[1] + 1, 2))
+    share = label / max(num_classes - 1, 1)
+    centre = ((label + 1) / (num_classes + 1) + rng.normal(0, 0.03), 0.5 + rng.normal(0, 0.08))
+    radius = 0.15 * rng.uniform(0.85, 1.15)
+    disc = _ellipsoid(_grid((height, width)), centre, (radius, radius * height / width))
+    if color:
+        lesion = 255 * np.array(colorsys.hsv_to_rgb(0.8 * share, 0.75, 0.8))
+        image = np.where(disc[..., None], lesion, np.array(_SKIN))
+        image = image + rng.normal(0, _IMAGE_NOISE, (height, width, 3))
+    else:
+        bright = _SCAN_DISC[0] + share * (_SCAN_DISC[1] - _SCAN_DISC[0])
+        image = np.where(disc, bright, _SCAN_BACKGROUND) + rng.normal(0, _IMAGE_NOISE, disc.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _save_scan(image: np.ndarray, path: Path, index: int) -> Path:
+    """A grayscale ``image`` as PNG at ``path``: 8-bit grayscale, or for the first indices of a
+    class RGB, RGBA, palette with a transparent entry, 16 bits (12-bit values) or an upper-case
+    ``.PNG``. Returns the path written."""
+    variant = _SCAN_VARIANTS.get(index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {}
+    if variant == "RGB":
+        picture = Image.fromarray(np.dstack([image] * 3))
+    elif variant == "RGBA":
+        picture = Image.fromarray(np.dstack([image] * 3 + [np.full_like(image, 255)]))
+    elif variant == "P":
+        picture = Image.fromarray(np.dstack([image] * 3)).quantize(colors=64)
+        options["transparency"] = 0
+    elif variant == "I;16":
+        picture = Image.fromarray(image.astype(np.uint16) * 16)
+    else:
+        picture = Image.fromarray(image)
+        if variant == "upper-case extension":
+            path = path.with_suffix(".PNG")
+    picture.save(path, **options)
+    return path
+
+
+def _save_photo(image: np.ndarray, path: Path, index: int) -> Path:
+    """An RGB ``image`` as JPEG at ``path``, or for the first indices of a class as CMYK JPEG,
+    grayscale JPEG, RGBA PNG, with an upper-case ``.JPG`` or stored sideways with an EXIF
+    orientation (6: rotate 90° clockwise to display). Returns the path written."""
+    variant = _PHOTO_VARIANTS.get(index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = Image.fromarray(image)
+    options = {}
+    if variant == "CMYK":
+        picture = picture.convert("CMYK")
+    elif variant == "L":
+        picture = picture.convert("L")
+    elif variant == "RGBA PNG":
+        picture, path = picture.convert("RGBA"), path.with_suffix(".png")
+    elif variant == "upper-case extension":
+        path = path.with_suffix(".JPG")
+    elif variant == "EXIF rotated":
+        picture = Image.fromarray(np.ascontiguousarray(np.rot90(image)))
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        options["exif"] = exif
+    picture.save(path, quality=95, **options)
+    return path
+
+
+def _write_junk(root: Path, class_folders: Sequence[Path]) -> None:
+    """What operating systems leave behind: ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, an
+    AppleDouble ``._`` twin of an image, and a ``__MACOSX/`` copy of the class folders."""
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(32))
+    (class_folders[0] / "Thumbs.db").write_bytes(bytes(64))
+    (class_folders[-1] / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(32))
+    (class_folders[-1] / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    first = sorted(p.name for p in class_folders[0].iterdir() if p.suffix.lower() != ".db")[0]
+    (class_folders[0] / f"._{first}").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    for folder in class_folders:
+        mac = root / "__MACOSX" / folder.relative_to(root)
+        mac.mkdir(parents=True, exist_ok=True)
+        (mac / f"._{first}").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+
+
+def write_sarscov2(root: str | Path, seed: int = 0, per_class: int = 12) -> Path:
+    """A fake SARS-COV2-CT-Scan under ``root``: ``COVID/Covid (N).png`` and
+    ``non-COVID/Non-Covid (N).png``, ``per_class`` each. Returns ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    folders = [root / "non-COVID", root / "COVID"]
+    for label, (folder, prefix) in enumerate(zip(folders, ("Non-Covid", "Covid"), strict=True)):
+        for index in range(per_class):
+            image = class_image(rng, label, 2, color=False)
+            _save_scan(image, folder / f"{prefix} ({index + 1}).png", index)
+    _write_junk(root, folders)
+    return root
+
+
+#: MSLD v1: (folder of the originals, folder in Fold1, file prefix) per class.
+_MSLD_V1 = (("Monkey Pox", "Monkeypox", "M"), ("Others", "Others", "NM"))
+#: MSLD v2.0: (folder, file prefix) per class.
+_MSLD_V2 = (
+    ("Chickenpox", "CHP"),
+    ("Cowpox", "CWP"),
+    ("HFMD", "HFMD"),
+    ("Healthy", "HEALTHY"),
+    ("Measles", "MSL"),
+    ("Mpox", "MKP"),
+)
+_MSLD_V2_FOLDS = 5
+
+
+def write_msld(
+    root: str | Path, seed: int = 0, per_class: int = 12, version: str = "v1", folds: bool = True
+) -> Path:
+    """A fake Monkeypox Skin Lesion Dataset under ``root``, JPEG photographs.
+
+    ``version="v1"``: ``Original Images/Original Images/{Monkey Pox,Others}/``, mirrored copies in
+    ``Augmented Images/Augmented Images/``, and with ``folds`` the release's
+    ``Fold1/Fold1/Fold1/{Train,Val,Test}/{Monkeypox,Others}/`` (test: originals only; train and
+    val: originals with their augmented copies). ``version="v2"``: six classes in
+    ``Original Images/Original Images/FOLDS/fold1..5/{Train,Valid,Test}/<class>/`` (fold ``f``
+    tests the images ``i`` with ``i % 5 == f - 1``), and ``FOLDS_AUG/fold1_AUG`` copies.
+    Returns ``root``.
+    """
+    if version not in ("v1", "v2"):
+        raise ValueError(f"version must be 'v1' or 'v2', not {version!r}")
+    if version == "v2" and not folds:
+        raise ValueError("MSLD v2.0 is released with its folds")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    originals = root / "Original Images" / "Original Images"
+    augmented = root / "Augmented Images" / "Augmented Images"
+    if version == "v1":
+        class_folders = []
+        for label, (folder, fold_folder, prefix) in enumerate(_MSLD_V1):
+            test, val = max(2, per_class // 5), max(1, per_class // 10)
+            for index in range(per_class):
+                image = class_image(rng, label, len(_MSLD_V1), color=True)
+                name = f"{prefix}{index + 1:02d}_01.jpg"
+                _save_photo(image, originals / folder / name, index)
+                copy = f"{prefix}{index + 1:02d}_01_aug.jpg"
+                _save_photo(image[:, ::-1], augmented / f"{fold_folder}_augmented" / copy, -1)
+                if not folds:
+                    continue
+                part = "Test" if index < test else "Val" if index < test + val else "Train"
+                fold = root / "Fold1" / "Fold1" / "Fold1" / part / fold_folder
+                _save_photo(image, fold / name, index)
+                if part != "Test":
+                    _save_photo(image[:, ::-1], fold / copy, -1)
+            class_folders.append(originals / folder)
+        _write_junk(root, class_folders)
+        return root
+    base = originals / "FOLDS"
+    for label, (folder, prefix) in enumerate(_MSLD_V2):
+        for index in range(per_class):
+            image = class_image(rng, label, len(_MSLD_V2), color=True)
+            name = f"{prefix}_{index + 1:02d}_01.jpg"
+            for fold in range(1, _MSLD_V2_FOLDS + 1):
+                offset = (index - fold + 1) % _MSLD_V2_FOLDS
+                part = "Test" if offset == 0 else "Valid" if offset == 1 else "Train"
+                _save_photo(image, base / f"fold{fold}" / part / folder / name, index)
+                if fold == 1 and part == "Train":
+                    copy = augmented / "FOLDS_AUG" / "fold1_AUG" / "Train" / folder
+                    _save_photo(image[:, ::-1], copy / name.replace(".jpg", "_aug.jpg"), -1)
+    _write_junk(base / "fold1", [base / "fold1" / "Train" / f for f, _ in _MSLD_V2])
+    return root
+
+
+#: Large COVID-19 CT: (class folder, word of its metadata CSV, diagnosis) per class.
+_COVIDCT = (
+    ("1NonCOVID", "normal", "Normal"),
+    ("2COVID", "covid", "COVID-19"),
+    ("3CAP", "cap", "CAP"),
+)
+_COVIDCT_COUNTRIES = ("China", "Iran", "Türkiye")  # not ASCII: the real CSVs are not all UTF-8
+
+
+def write_covidct(root: str | Path, seed: int = 0, per_class: int = 12) -> Path:
+    """A fake Large COVID-19 CT slice dataset under ``root``:
+    ``curated_data/curated_data/{1NonCOVID,2COVID,3CAP}/P<patient>_<slice>.png`` (2–3 slices per
+    patient, ``per_class`` per class; patient numbers restart in every class, as ids of different
+    source sets can coincide) and ``meta_data_{normal,covid,cap}.csv`` (``Patient ID``,
+    ``File name``, ``Diagnosis``, ``Country``; Latin-1). Returns ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    curated = root / "curated_data" / "curated_data"
+    for label, (folder, word, diagnosis) in enumerate(_COVIDCT):
+        rows, index, patient = [], 0, 0
+        while index < per_class:
+            patient += 1
+            country = _COVIDCT_COUNTRIES[patient % len(_COVIDCT_COUNTRIES)]
+            for slice_number in range(min(int(rng.integers(2, 4)), per_class - index)):
+                name = f"P{patient:03d}_{slice_number + 1:03d}.png"
+                _save_scan(
+                    class_image(rng, label, len(_COVIDCT), color=False),
+                    curated / folder / name,
+                    index,
+                )
+                rows.append([f"P{patient:03d}", name, diagnosis, country])
+                index += 1
+        with open(root / f"meta_data_{word}.csv", "w", newline="", encoding="latin-1") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["Patient ID", "File name", "Diagnosis", "Country"])
+            writer.writerows(rows)
+    _write_junk(root, [curated / folder for folder, _, _ in _COVIDCT])
+    return root
+
+
+WRITERS: dict[str, Callable[..., Path]] = {
+    "synapse": write_synapse,
+    "acdc": write_acdc,
+    "sarscov2": write_sarscov2,
+    "msld": write_msld,
+    "covidct": write_covidct,
+}
 
 
 def write_dataset(
-    name: str, root: str | Path, seed: int = 0, shape: Sequence[int] | None = None
+    name: str,
+    root: str | Path,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+    **options: object,
 ) -> Path:
-    """A synthetic copy of dataset ``name`` under ``root`` (``shape`` = voxels per case, the
-    writer's default when ``None``); returns the folder to use as ``data.root``."""
+    """A synthetic copy of dataset ``name`` under ``root`` (``shape`` = voxels per case of a 3D
+    set, the writer's default when ``None``; ``options`` go to the writer, e.g. ``per_class``
+    and ``version`` of the image sets); returns the folder to use as ``data.root``."""
     if name not in WRITERS:
         raise KeyError(f"no synthetic writer for {name!r}; available: {', '.join(sorted(WRITERS))}")
-    options = {} if shape is None else dict(shape=tuple(shape))
+    if shape is not None:
+        options["shape"] = tuple(shape)
     return WRITERS[name](root, seed=seed, **options)
