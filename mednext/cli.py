@@ -31,7 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _train(args: argparse.Namespace) -> int:
     from mednext.config import as_dict, compose, list_experiments
-    from mednext.runs import read_results, run_experiment
+    from mednext.runs import headline, read_results, run_experiment
 
     console = _console()
     if args.list:
@@ -53,21 +53,21 @@ def _train(args: argparse.Namespace) -> int:
         )
         return 130
     results = read_results(run_dir)
-    dice = results.get("metrics", {}).get("test", {}).get("dice_mean")
     print(f"run directory: {run_dir}")
-    if dice is not None:
-        print(f"test mean Dice: {dice:.4f}")
-    for overlay in sorted((run_dir / "predictions").glob("test_*_overlay.png"))[:1]:
-        print(f"overlay: {overlay}")
+    for line in headline(results.get("metrics", {}).get("test", {})):
+        print(line)
+    for figure in sorted((run_dir / "predictions").glob("test_*.png"))[:2]:
+        print(f"{'overlay' if figure.stem.endswith('_overlay') else 'figure'}: {figure}")
     return 0
 
 
 def _test(args: argparse.Namespace) -> int:
-    from mednext.runs import test_run
+    from mednext.runs import headline, test_run
 
     run_dir, summary = test_run(Path(args.target), _console())
     print(f"run directory: {run_dir}")
-    print(f"test mean Dice: {summary['dice_mean']:.4f}")
+    for line in headline(summary):
+        print(line)
     return 0
 
 
@@ -142,17 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict",
-        help="segment NIfTI volumes with a trained checkpoint",
-        description="Read each INPUT (NIfTI), preprocess it as in training, run sliding-window "
-        "inference, and write an integer label map on the input's own grid, affine and header to "
-        "OUT/<name>.nii.gz.",
+        help="segment NIfTI volumes or classify images with a trained checkpoint",
+        description="Segmentation checkpoints: read each INPUT (NIfTI), preprocess it as in "
+        "training, run sliding-window inference, and write an integer label map on the input's "
+        "own grid, affine and header to OUT/<name>.nii.gz. Classification checkpoints: read each "
+        "image (folders: every image below them), preprocess it as in evaluation, and write "
+        "OUT/predictions.csv with the predicted class and the probability of every class.",
     )
     predict.add_argument(
         "checkpoint", help="a checkpoint of the suite (e.g. checkpoints/best.ckpt)"
     )
-    predict.add_argument("inputs", nargs="+", help="NIfTI files or folders of them")
+    predict.add_argument("inputs", nargs="+", help="NIfTI files or images, or folders of them")
     predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--mirror-tta", action="store_true", help="average over mirrored inputs")
+    predict.add_argument(
+        "--mirror-tta", action="store_true", help="segmentation: average over mirrored inputs"
+    )
+    predict.add_argument(
+        "--batch-size", type=int, default=32, help="classification: images per forward pass"
+    )
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     predict.set_defaults(handler=_predict)
 
@@ -203,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read an official checkpoint and write a state dict (torch.save) that loads "
         "into the suite's model with load_state_dict(strict=True).",
     )
-    convert.add_argument("format", choices=["official-mednext"], help="checkpoint format")
+    convert.add_argument(
+        "format", choices=["official-mednext", "official-cmunext"], help="checkpoint format"
+    )
     convert.add_argument("input", help="official checkpoint (.pth/.model/.pt)")
     convert.add_argument("output", help="where to write the converted state dict")
     convert.set_defaults(handler=_convert)

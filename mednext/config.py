@@ -40,15 +40,21 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.99
     nesterov: bool = True
-    scheduler: str = "poly"  # poly | none
+    scheduler: str = "poly"  # poly | cosine | none
     poly_power: float = 0.9
     # "epoch" (MedNeXt/nnU-Net: one step per epoch) or "step" (per iteration).
     scheduler_interval: str = "epoch"
+    # cosine: linear warm-up over this many epochs (fractions allowed with interval "step"), then
+    # a half cosine from lr down to min_lr.
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
 
 
 @dataclass
 class LossConfig:
-    name: str = "dice_ce"
+    name: str = "dice_ce"  # dice_ce (segmentation) | ce (classification)
+    # Cross-entropy label smoothing (classification).
+    label_smoothing: float = 0.0
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     include_background: bool = False
@@ -84,6 +90,9 @@ class EvalConfig:
     sw_batch_size: int = 2
     mirror_tta: bool = False
     hd95: bool = True
+    # The validation metric that picks checkpoints/best.ckpt (without "val/"); None: the task's
+    # own (segmentation dice_mean, classification acc).
+    monitor: str | None = None
 
 
 @dataclass
@@ -348,9 +357,9 @@ def compose(name_or_path: str | os.PathLike[str], overrides: Sequence[str] = ())
 def _check_values(config: DictConfig) -> None:
     choices = {
         "optim.name": ("adamw", "sgd"),
-        "optim.scheduler": ("poly", "none"),
+        "optim.scheduler": ("poly", "cosine", "none"),
         "optim.scheduler_interval": ("epoch", "step"),
-        "loss.name": ("dice_ce",),
+        "loss.name": ("dice_ce", "ce"),
         "logger.wandb.mode": ("offline", "online", "disabled"),
     }
     for key, allowed in choices.items():

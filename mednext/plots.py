@@ -52,7 +52,15 @@ def overlay_figure(
         axis.axis("off")
     if title:
         figure.suptitle(title + (f" — slice {index}" if index >= 0 else ""))
-    figure.tight_layout()
+    return figure_to_array(figure)
+
+
+def figure_to_array(figure) -> np.ndarray:
+    """A matplotlib figure as an RGB array ``(H, W, 3)`` uint8; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
     figure.canvas.draw()
     picture = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
     plt.close(figure)

@@ -1,7 +1,11 @@
-"""Inference with a trained checkpoint: NIfTI in, NIfTI label map out on the input's own grid.
+"""Inference with a trained checkpoint.
 
-The checkpoint carries everything the preprocessing needs (target spacing, intensity
-normalisation, modality), so ``mednext predict CKPT INPUT... --out DIR`` needs neither the
+- segmentation: NIfTI in, NIfTI label map out on the input's own grid;
+- classification: images (or folders of them) in, one CSV of per-class probabilities out.
+
+The checkpoint carries everything the preprocessing needs (segmentation: target spacing,
+intensity normalisation; classification: input size and normalisation, class names) and which
+task it was trained for, so ``mednext predict CKPT INPUT... --out DIR`` needs neither the
 experiment file nor the dataset.
 """
 
@@ -55,12 +59,27 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_task(checkpoint: Path, device: torch.device):
+def checkpoint_task_kind(checkpoint: Path) -> str:
+    """``segmentation`` or ``classification``: what the suite checkpoint was trained for."""
+    from mednext.tasks.common import TASK_KEY
+
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if "state_dict" not in state or "hyper_parameters" not in state:
+        raise ValueError(f"{checkpoint}: not a checkpoint written by `mednext train`")
+    # Checkpoints written before the task record were all segmentation checkpoints.
+    return state.get(TASK_KEY, "segmentation")
+
+
+def load_task(checkpoint: Path, device: torch.device, kind: str = "segmentation"):
+    from mednext.tasks.classification import ClassificationTask
     from mednext.tasks.segmentation import SegmentationTask
 
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    task = SegmentationTask.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
+    task_class = ClassificationTask if kind == "classification" else SegmentationTask
+    task = task_class.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
     if not task.preprocessing:
         raise ValueError(
             f"{checkpoint}: no preprocessing record (spacing, normalisation); it was not written "
@@ -83,12 +102,22 @@ def segment_volume(task, image: nib.Nifti1Image, device: torch.device) -> np.nda
 def predict_command(
     checkpoint: Path, inputs: Sequence[Path], out_dir: Path, args: argparse.Namespace
 ) -> int:
-    """``mednext predict``: one label map per input, written atomically into ``out_dir``."""
+    """``mednext predict``: label maps (segmentation) or a CSV of class probabilities
+    (classification), written atomically into ``out_dir``."""
+    device = _device(args.device)
+    kind = checkpoint_task_kind(checkpoint)
+    task = load_task(checkpoint, device, kind)
+    if kind == "classification":
+        return classify_images(task, image_inputs(inputs), out_dir, device, args.batch_size)
+    return segment_volumes(task, inputs, out_dir, device, args.mirror_tta)
+
+
+def segment_volumes(
+    task, inputs: Sequence[Path], out_dir: Path, device: torch.device, mirror_tta: bool
+) -> int:
     from rich.progress import track
 
-    device = _device(args.device)
-    task = load_task(checkpoint, device)
-    if args.mirror_tta:
+    if mirror_tta:
         task.hparams.evaluation["mirror_tta"] = True
     files = nifti_inputs(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,4 +136,88 @@ def predict_command(
         nib.save(result, partial)
         os.replace(partial, destination)
         print(f"{path} -> {destination}")
+    return 0
+
+
+# --- classification ------------------------------------------------------------------------
+
+#: The CSV ``mednext predict`` writes for a classifier.
+PREDICTIONS_CSV = "predictions.csv"
+
+
+def image_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """Image files as given, folders expanded to every image below them (any depth, junk such
+    as ``.DS_Store`` and ``Thumbs.db`` left out), in order."""
+    from datamodules.image_folders import list_images, subfolders
+
+    files: list[Path] = []
+    missing = []
+    for path in inputs:
+        if path.is_dir():
+            for folder in subfolders(path, depth=64):
+                files += list_images(folder)
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(str(path))
+    if missing:
+        raise FileNotFoundError(f"input not found: {', '.join(missing)}")
+    if not files:
+        raise FileNotFoundError(f"no images in {', '.join(map(str, inputs))}")
+    return files
+
+
+@torch.no_grad()
+def classify_images(
+    task, files: Sequence[Path], out_dir: Path, device: torch.device, batch_size: int = 32
+) -> int:
+    """Class probabilities of every image into ``out_dir/predictions.csv`` (columns ``path``,
+    ``prediction``, ``p_<class>``...). Unreadable images are left out of the CSV and listed,
+    all together, in the ``DataError`` raised after it is written."""
+    from rich.progress import track
+
+    from datamodules.base import DataError
+    from datamodules.image_folders import image_problem, prepare_image
+    from mednext.tasks.common import write_rows_csv
+
+    names = list(task.preprocessing["class_names"])
+    rows, problems = [], []
+    batch: list[tuple[Path, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        x = torch.stack([tensor for _, tensor in batch]).to(device)
+        probabilities = torch.softmax(task(x).float(), dim=1).cpu()
+        for (path, _), p in zip(batch, probabilities.tolist(), strict=True):
+            best = max(range(len(names)), key=p.__getitem__)
+            rows.append(
+                {
+                    "path": str(path),
+                    "prediction": names[best],
+                    **{f"p_{name}": value for name, value in zip(names, p, strict=True)},
+                }
+            )
+        batch.clear()
+
+    for path in track(files, description="classifying", transient=True):
+        problem = image_problem(path)
+        if problem:
+            problems.append(f"  {path}: {problem}")
+            continue
+        batch.append((path, prepare_image(path, task.preprocessing)))
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    destination = out_dir / PREDICTIONS_CSV
+    if rows:
+        write_rows_csv(rows, destination, ["path", "prediction", *(f"p_{n}" for n in names)])
+        print(f"{len(rows)} images -> {destination}")
+    if problems:
+        raise DataError(
+            f"{len(problems)} of {len(files)} images could not be read"
+            + (f" (the other {len(rows)} are in {destination})" if rows else "")
+            + ":\n"
+            + "\n".join(problems)
+        )
     return 0

@@ -342,7 +342,43 @@ class _SplitWriter(Callback):
             datamodule.write_split(self.run_dir / "split.json")
 
 
-def _complexity(task: Any, config: Mapping[str, Any], patch_size: Sequence[int]) -> tuple[int, int]:
+#: Per task kind: the validation metric that picks ``best.ckpt`` unless ``eval.monitor`` names
+#: another.
+MONITOR = {"segmentation": "dice_mean", "classification": "acc"}
+
+
+_HEADLINE_LABELS = {
+    "dice_mean": "mean Dice",
+    "hd95_mean": "mean HD95",
+    "acc": "accuracy",
+    "balanced_acc": "balanced accuracy",
+    "f1_macro": "macro F1",
+    "auroc": "macro AUROC",
+}
+
+
+def headline(summary: Mapping[str, Any], stage: str = "test") -> list[str]:
+    """The lines a finished run or test prints: ``test mean Dice: 0.8540`` and the like."""
+    return [
+        f"{stage} {label}: {summary[key]:.4f}"
+        for key, label in _HEADLINE_LABELS.items()
+        if summary.get(key) is not None
+    ]
+
+
+def task_kind(datamodule: Any) -> str:
+    """``classification`` or ``segmentation``: what the DataModule's batches are for."""
+    return getattr(datamodule, "task", "segmentation")
+
+
+def input_size(datamodule: Any) -> tuple[int, ...]:
+    """The spatial size the network is trained on (patch or image)."""
+    if task_kind(datamodule) == "classification":
+        return (datamodule.image_size, datamodule.image_size)
+    return tuple(datamodule.patch_size)
+
+
+def _complexity(config: Mapping[str, Any], datamodule: Any) -> tuple[int, int]:
     from mednext.models import build_model, get_family
     from mednext.models.complexity import count_parameters, measure
 
@@ -351,16 +387,48 @@ def _complexity(task: Any, config: Mapping[str, Any], patch_size: Sequence[int])
     with torch.device("meta"):
         meta = build_model(
             name,
-            in_channels=task.hparams.in_channels,
-            num_classes=task.hparams.num_classes,
+            in_channels=datamodule.in_channels,
+            num_classes=datamodule.num_classes,
             **arguments,
         )
-    shape = (1, task.hparams.in_channels, *patch_size)
-    complexity = measure(meta, shape, get_family(name).paper_convention)
-    return count_parameters(task.net), complexity.flops
+    shape = (1, datamodule.in_channels, *input_size(datamodule))
+    # One inference forward pass (eval mode: no deep-supervision heads, BatchNorm on one image).
+    complexity = measure(meta.eval(), shape, get_family(name).paper_convention)
+    return count_parameters(meta), complexity.flops
+
+
+def checked_complexity(config: Mapping[str, Any], datamodule: Any) -> tuple[int, int]:
+    """``(parameters, FLOPs)`` of the experiment's network on the data's input size; a
+    ``ConfigError`` naming the size key when the network cannot take that size."""
+    from mednext.config import ConfigError
+
+    try:
+        return _complexity(config, datamodule)
+    except ValueError as error:
+        if task_kind(datamodule) == "classification":
+            setting = f"data.image_size={datamodule.image_size}"
+        else:
+            setting = f"data.patch_size={list(datamodule.patch_size)}"
+        raise ConfigError(
+            f"{setting} does not fit model {config['model']['name']}: {error}"
+        ) from error
 
 
 def build_task(config: Mapping[str, Any], datamodule: Any) -> Any:
+    """The LightningModule for the DataModule's kind of task."""
+    if task_kind(datamodule) == "classification":
+        from mednext.tasks.classification import ClassificationTask
+
+        return ClassificationTask(
+            model=config["model"],
+            in_channels=datamodule.in_channels,
+            num_classes=datamodule.num_classes,
+            class_names=list(datamodule.class_names),
+            image_size=datamodule.image_size,
+            optim=config["optim"],
+            loss=config["loss"],
+            log_images=config["logger"]["log_images"],
+        )
     from mednext.tasks.segmentation import SegmentationTask
 
     return SegmentationTask(
@@ -384,6 +452,12 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
     from datamodules import build_datamodule
 
     root = Path(config["output"]["root"])
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
+    task = build_task(config, datamodule)
+    # Before a run directory exists: a network that cannot take the data's input size is a
+    # configuration error, not a run that fails at its first step.
+    params, flops = checked_complexity(config, datamodule)
     checkpoint_path = None
     if config["resume"]:
         run_dir = newest_resumable_run(root, config["name"])
@@ -399,16 +473,12 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
     (run_dir / ("config.resume.yaml" if config["resume"] else CONFIG)).write_text(
         OmegaConf.to_yaml(OmegaConf.create(dict(config)))
     )
-    L.seed_everything(config["seed"], workers=True, verbose=False)
-    datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
-    task = build_task(config, datamodule)
     task.output_dir = run_dir
     if checkpoint_path is None:
         loaded = initialise_weights(task, config["init"], root)
         if loaded:
             console.print(loaded)
     recorder = RunRecorder(run_dir, config["name"], config, command)
-    params, flops = _complexity(task, config, datamodule.patch_size)
     recorder.update(status="running", params=params, flops=flops)
     trainer_arguments = dict(config["trainer"])
     notice = _precision(trainer_arguments)
@@ -424,7 +494,7 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
             ModelCheckpoint(
                 dirpath=checkpoint_dir,
                 filename="best",
-                monitor="val/dice_mean",
+                monitor="val/" + (config["eval"]["monitor"] or MONITOR[task_kind(datamodule)]),
                 mode="max",
                 save_last=True,
                 auto_insert_metric_name=False,

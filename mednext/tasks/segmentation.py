@@ -23,7 +23,13 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from torch import nn
 
-from mednext.models import build_model
+from mednext.tasks.common import (
+    PreprocessingRecord,
+    build_network,
+    configure_optimizers,
+    gather_rows,
+    write_rows_csv,
+)
 from mednext.tasks.evaluation import volume_case_metrics
 
 # MedNeXt's deep-supervision weights (DESIGN 4.1): 1/2**i for the five outputs, normalised.
@@ -91,7 +97,7 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(PreprocessingRecord, L.LightningModule):
     """Train and evaluate a registry segmentation network.
 
     Args:
@@ -103,6 +109,8 @@ class SegmentationTask(L.LightningModule):
         optim, loss, evaluation: the ``optim``, ``loss`` and ``eval`` configuration groups.
         log_images: log an overlay of the first validation case per evaluation.
     """
+
+    task_kind = "segmentation"
 
     def __init__(
         self,
@@ -119,10 +127,7 @@ class SegmentationTask(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        arguments = dict(model)
-        name = arguments.pop("name")
-        arguments = {k: v for k, v in arguments.items() if v is not None}
-        self.net = build_model(name, in_channels=in_channels, num_classes=num_classes, **arguments)
+        self.net = build_network(model, in_channels, num_classes)
         self.spatial_dims = len(patch_size)
         self.class_names = list(class_names)
         weights = loss.get("ds_weights") or default_ds_weights()
@@ -164,43 +169,7 @@ class SegmentationTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        optim = self.hparams.optim
-        if optim["name"] == "sgd":
-            optimizer = torch.optim.SGD(
-                self.parameters(),
-                lr=optim["lr"],
-                momentum=optim["momentum"],
-                nesterov=optim["nesterov"],
-                weight_decay=optim["weight_decay"],
-            )
-        else:
-            optimizer = torch.optim.AdamW(
-                self.parameters(),
-                lr=optim["lr"],
-                weight_decay=optim["weight_decay"],
-                eps=optim["eps"],
-            )
-        if optim["scheduler"] == "none":
-            return optimizer
-        interval = optim["scheduler_interval"]
-        total = (
-            self.trainer.max_epochs
-            if interval == "epoch"
-            else self.trainer.estimated_stepping_batches
-        )
-        if not total or total < 0:
-            raise ValueError(
-                "the poly schedule needs a finite length: set trainer.max_epochs "
-                "(or trainer.max_steps with optim.scheduler_interval=step)"
-            )
-        power = optim["poly_power"]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - step / total) ** power
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
-        }
+        return configure_optimizers(self, self.hparams.optim)
 
     # --- evaluation ------------------------------------------------------------------------
 
@@ -251,14 +220,6 @@ class SegmentationTask(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._rows = []
 
-    def _gathered_rows(self) -> list[dict[str, Any]]:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return list(self._rows)
-        gathered: list[list[dict[str, Any]]] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
-        torch.distributed.all_gather_object(gathered, self._rows)
-        unique = {row["case_id"]: row for rows in gathered for row in rows}
-        return [unique[key] for key in sorted(unique)]
-
     def summarise(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Mean over cases per class (NaN-aware), then over classes: ``dice_mean``,
         ``hd95_mean``, ``dice/<class>``, ``hd95/<class>``."""
@@ -273,13 +234,14 @@ class SegmentationTask(L.LightningModule):
         return summary
 
     def _finish_evaluation(self, stage: str) -> dict[str, float]:
-        rows = self._gathered_rows()
+        rows = gather_rows(self._rows, "case_id")
         summary = self.summarise(rows)
         for key, value in summary.items():
             # Identical on every rank after the gather: no further reduction.
             self.log(f"{stage}/{key}", value, sync_dist=False, rank_zero_only=False)
         if self.output_dir is not None and self.global_rank == 0:
-            write_case_table(rows, self.output_dir / f"{stage}_cases.csv")
+            columns = list(rows[0]) if rows else ["case_id"]
+            write_rows_csv(rows, self.output_dir / f"{stage}_cases.csv", columns)
         self.last_evaluation = {"stage": stage, "summary": summary, "cases": rows}
         return summary
 
@@ -316,36 +278,3 @@ class SegmentationTask(L.LightningModule):
         for logger in self.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key=f"{stage}/overlay", images=[picture], caption=[case_id])
-
-    # --- checkpoint ------------------------------------------------------------------------
-
-    def on_fit_start(self) -> None:
-        self._capture_preprocessing()
-
-    def on_test_start(self) -> None:
-        self._capture_preprocessing()
-
-    def _capture_preprocessing(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "preprocessing"):
-            self.preprocessing = dict(datamodule.preprocessing)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mednext_preprocessing"] = self.preprocessing
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.preprocessing = dict(checkpoint.get("mednext_preprocessing", {}))
-
-
-def write_case_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Per-case metrics as CSV (one row per case, one column per metric and class)."""
-    import csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(rows[0]) if rows else ["case_id"]
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(path)
