@@ -12,17 +12,20 @@ from typing import Any
 
 import lightning as L
 
-from datamodules.acdc import ACDCVolumeDataModule
+from datamodules.acdc import ACDCSliceDataModule, ACDCVolumeDataModule
 from datamodules.base import did_you_mean
 from datamodules.brain_demo import BrainDemoDataModule
 from datamodules.image_folders import CovidCTDataModule, MSLDDataModule, SarsCov2DataModule
-from datamodules.synapse import SynapseVolumeDataModule
+from datamodules.synapse import SynapseSliceDataModule, SynapseVolumeDataModule
 
 #: Registry name -> DataModule class (``VolumeDataModule`` for the 3D segmentation sets,
-#: ``ImageFolderDataModule`` for the classification sets).
+#: ``SliceDataModule`` for their 2D releases, ``ImageFolderDataModule`` for the classification
+#: sets).
 DATAMODULES: dict[str, type[L.LightningDataModule]] = {
     "synapse": SynapseVolumeDataModule,
     "acdc": ACDCVolumeDataModule,
+    "synapse2d": SynapseSliceDataModule,
+    "acdc2d": ACDCSliceDataModule,
     "brain_demo": BrainDemoDataModule,
     "sarscov2": SarsCov2DataModule,
     "msld": MSLDDataModule,

@@ -1,4 +1,5 @@
-"""ACDC cardiac cine MRI (Bernard et al., IEEE TMI 2018) in 3D.
+"""ACDC cardiac cine MRI (Bernard et al., IEEE TMI 2018): the raw 3D volumes (``acdc``) and
+MT-UNet's 2D release (``acdc2d``, at the end of this file).
 
 The raw dataset as downloaded: ``training/patientXXX/`` (patients 001–100) with
 ``patientXXX_frameYY.nii.gz`` short-axis volumes, their ``_gt`` labels at end-diastole (ED) and
@@ -13,12 +14,37 @@ The split is the 70/10/20 patient split over patients 001–100 used by TransUNe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
 
 from datamodules.base import DataError, dataset_root, kfold
-from datamodules.volumes import CaseFiles, VolumeConfig, VolumeDataModule
+from datamodules.slices import (
+    Release,
+    SliceConfig,
+    SliceDataModule,
+    atomic_folder,
+    find_lists_folder,
+    find_release_folders,
+    progress_bar,
+    read_list,
+    save_npz,
+    set_differences,
+    volume_to_slices,
+    write_list,
+)
+from datamodules.volumes import (
+    CaseFiles,
+    VolumeConfig,
+    VolumeDataModule,
+    check_case,
+    problem_report,
+)
 
 CLASS_NAMES = ("background", "right_ventricle", "myocardium", "left_ventricle")
 #: Patients with labels in every release (``training/``); 101–150 are the challenge test set.
@@ -178,3 +204,214 @@ class ACDCVolumeDataModule(VolumeDataModule):
 def _patient(case_id: str) -> int:
     """``patient001_ED`` → 1."""
     return int(case_id[len("patient") : len("patient") + 3])
+
+
+# --- the 2D release (MT-UNet) ------------------------------------------------------------------
+
+RELEASE_DOWNLOAD = (
+    "MT-UNet's preprocessed ACDC (github.com/Dootmaan/MT-UNet README: "
+    "https://drive.google.com/file/d/13qYHNIWTIBzwyFgScORL2RFd002vrPF2/view; reported unavailable "
+    "in MT-UNet issue #51, the authors link another copy in issue #46)"
+)
+RELEASE_LAYOUT = """\
+  <root>/train/case_001_sliceED_0.npz ...   (slices of the 70 training patients: img, label)
+  <root>/valid/case_019_sliceED_0.npz ...   (slices of the 10 validation patients)
+  <root>/test/case_002_volume_ED.npz ...    (ED, ES of the 20 test patients: img, label [D, H, W])
+  <root>/lists_ACDC/train.txt, valid.txt, test.txt   (optional: the split is shipped)"""
+#: The release's folder and split list of each part (MT-UNet ``train_mtunet_ACDC.py`` and
+#: ``dataset/dataset_ACDC.py``: ``<root>/<split>/<name>`` with the names of ``lists_ACDC``).
+RELEASE_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
+LIST_FILES = {"train": "train.txt", "val": "valid.txt", "test": "test.txt"}
+LISTS = "lists_ACDC"
+_SLICE_NAME = re.compile(r"case_(\d{3})_slice(ED|ES)_(\d+)\.npz")
+_VOLUME_NAME = re.compile(r"case_(\d{3})_volume_(ED|ES)\.npz")
+#: DESIGN 6.6's patient split by part.
+SHIPPED_PATIENTS = {
+    "train": set(TRAINING_PATIENTS) - set(TEST_PATIENTS) - set(VAL_PATIENTS),
+    "val": set(VAL_PATIENTS),
+    "test": set(TEST_PATIENTS),
+}
+
+
+def release_slice_file(part: str, patient: int, phase: str, index: int) -> str:
+    """``train/case_001_sliceED_0.npz`` (``part`` ``train`` or ``val``)."""
+    return f"{RELEASE_FOLDERS[part]}/case_{patient:03d}_slice{phase}_{index}.npz"
+
+
+def release_volume_file(patient: int, phase: str) -> str:
+    """``test/case_002_volume_ED.npz``."""
+    return f"{RELEASE_FOLDERS['test']}/case_{patient:03d}_volume_{phase}.npz"
+
+
+class ACDCSliceDataModule(SliceDataModule):
+    """ACDC in MT-UNet's 2D release: 4 classes, ED and ES of patients 001–100, DESIGN 6.6's
+    70/10/20 patient split.
+
+    Validation: the release's ``valid/`` patients, each (patient, phase) a volume stacked from
+    its slices; ``fold: k`` validates on fold ``k`` of a seeded ``num_folds``-fold
+    cross-validation of the 80 training and validation patients (test stays the 20).
+    """
+
+    @dataclass
+    class Config(SliceConfig):
+        """The ``data:`` keys for ``name: acdc2d`` (see ``SliceConfig``)."""
+
+        name: str = "acdc2d"
+        root: str = field(default_factory=lambda: dataset_root("ACDC2D"))
+        synthetic_shape: list[int] = field(default_factory=lambda: [64, 64, 8])
+
+    title = "ACDC 2D (MT-UNet release)"
+    CLASS_NAMES = CLASS_NAMES
+    KEYS = ("img", "label")
+    INTENSITY: ClassVar[dict[str, Any]] = {"scheme": "minmax"}
+    DOWNLOAD = RELEASE_DOWNLOAD
+    LAYOUT = RELEASE_LAYOUT
+    EXAMPLE_EXPERIMENT = "acdc2d_mednext_lite_s"
+
+    def find_release(self, root: Path) -> Release:
+        patterns = ("train/case_*_slice*.npz", "valid/case_*_slice*.npz", "test/case_*_volume*.npz")
+        folders = find_release_folders(
+            root, lambda d: any(next(d.glob(p), None) is not None for p in patterns)
+        )
+        if not folders:
+            raise self.missing(root)
+        if len(folders) > 1:
+            raise DataError(
+                f"{self.title}: several releases under {root}: {', '.join(map(str, folders))}; "
+                "point data.root at one of them"
+            )
+        release = Release(folders[0])
+        lists = find_lists_folder(release.base, root, LISTS)
+        listed = {
+            part: lists / name
+            for part, name in LIST_FILES.items()
+            if lists is not None and (lists / name).is_file()
+        }
+        release.lists = lists if listed else None
+        patients: dict[str, set[int]] = {}
+        for part in ("train", "val"):
+            folder = release.base / RELEASE_FOLDERS[part]
+            if part in listed:
+                names = [n if n.endswith(".npz") else f"{n}.npz" for n in read_list(listed[part])]
+                where = str(listed[part])
+            else:
+                names = sorted(p.name for p in folder.glob("case_*_slice*.npz"))
+                where = f"{folder}/"
+            slices: dict[str, dict[int, str]] = {}
+            for name in names:
+                match = _SLICE_NAME.fullmatch(name)
+                if match is None:
+                    release.problems.append(f"{where}: {name!r} is not a case_XXX_sliceED_K name")
+                    continue
+                patient, phase, index = int(match.group(1)), match.group(2), int(match.group(3))
+                if part in listed or patient in SHIPPED_PATIENTS[part] | SHIPPED_PATIENTS["test"]:
+                    file = release_slice_file(part, patient, phase, index)
+                    slices.setdefault(case_id(patient, phase), {})[index] = file
+            patients[part] = {_patient(c) for c in slices}
+            release.add_slices(part, slices)
+            if part in listed:
+                release.differences += set_differences(
+                    LIST_FILES[part], _names(patients[part]), _names(SHIPPED_PATIENTS[part])
+                )
+            else:
+                release.problems += [
+                    f"{patient_name(p)}: no {RELEASE_FOLDERS[part]}/case_{p:03d}_slice*.npz slices"
+                    for p in sorted(SHIPPED_PATIENTS[part] - patients[part])
+                ]
+        if "test" in listed:
+            volumes = []
+            for name in read_list(listed["test"]):
+                match = _VOLUME_NAME.fullmatch(name if name.endswith(".npz") else f"{name}.npz")
+                if match is None:
+                    release.problems.append(
+                        f"{listed['test']}: {name!r} is not a case_XXX_volume_ED.npz name"
+                    )
+                else:
+                    volumes.append((int(match.group(1)), match.group(2)))
+            patients["test"] = {p for p, _ in volumes}
+            release.differences += set_differences(
+                LIST_FILES["test"], _names(patients["test"]), _names(SHIPPED_PATIENTS["test"])
+            )
+        else:
+            volumes = [(p, phase) for p in sorted(SHIPPED_PATIENTS["test"]) for phase in PHASES]
+            patients["test"] = set(SHIPPED_PATIENTS["test"])
+        for patient, phase in sorted(volumes):
+            release.add_volume("test", case_id(patient, phase), release_volume_file(patient, phase))
+        for part in ("train", "val"):
+            leaked = sorted(patients[part] & patients["test"])
+            if leaked:
+                release.problems.append(
+                    f"slices of the test patient(s) {', '.join(sorted(_names(leaked)))} are in the "
+                    f"{RELEASE_FOLDERS[part]}/ data: the test volumes would be "
+                    f"{'trained' if part == 'train' else 'validated'} on"
+                )
+        both = sorted(patients["train"] & patients["val"])
+        if both:
+            release.problems.append(
+                f"patient(s) {', '.join(sorted(_names(both)))} are both in train/ and in valid/"
+            )
+        return release
+
+    def make_split(self, release: Release) -> dict[str, list[str]]:
+        train, val = sorted(release.parts["train"]), sorted(release.parts["val"])
+        if self.config.fold is not None:
+            trainval = train + val
+            names = sorted({patient_name(_patient(c)) for c in trainval})
+            _, fold = kfold(names, self.config.num_folds, self.config.fold, self.config.split_seed)
+            val = sorted(c for c in trainval if patient_name(_patient(c)) in fold)
+            train = sorted(set(trainval) - set(val))
+        return dict(train=train, val=val, test=sorted(release.parts["test"]))
+
+    @classmethod
+    def prepare_release(cls, raw_root: Path, out_dir: Path) -> dict[str, Any]:
+        """MT-UNet's release rebuilt from the raw ACDC download (the layouts ``acdc`` reads):
+        the ED and ES frames of patients 001–100 (``Info.cfg``), each frame scaled by its own
+        minimum and maximum to [0, 1] (float32; MT-UNet's own preprocessing is not public, see
+        docs/datasets.md), labels as they are (uint8), every slice ``volume[:, :, k]`` of the
+        training and validation patients as ``train|valid/case_XXX_slice{ED,ES}_K.npz``, the test
+        patients' frames as ``test/case_XXX_volume_{ED,ES}.npz`` ``[D, H, W]``, and
+        ``lists_ACDC/{train,valid,test}.txt``; keys ``img`` and ``label``."""
+        started = time.perf_counter()
+        cases, problems = ACDCVolumeDataModule().find_cases(raw_root)
+        written: dict[str, list[str]] = {part: [] for part in RELEASE_FOLDERS}
+        with atomic_folder(out_dir) as out, progress_bar() as progress:
+            task = progress.add_task("ACDC 2D: rebuilding", total=len(cases))
+            for case in cases:
+                case_problems, arrays = check_case(case, len(CLASS_NAMES))
+                problems += case_problems
+                if arrays is not None:
+                    patient, phase = _patient(case.case_id), case.case_id[-2:]
+                    image = volume_to_slices(arrays[0], cls.INTENSITY)
+                    label = volume_to_slices(np.rint(arrays[1]).astype(np.uint8))
+                    part = next(p for p, members in SHIPPED_PATIENTS.items() if patient in members)
+                    if part == "test":
+                        file = release_volume_file(patient, phase)
+                        save_npz(out / file, img=image, label=label)
+                        written[part].append(Path(file).name)
+                    else:
+                        for index in range(len(image)):
+                            file = release_slice_file(part, patient, phase, index)
+                            save_npz(out / file, img=image[index], label=label[index])
+                            written[part].append(Path(file).name)
+                progress.advance(task)
+            if problems:
+                raise DataError(problem_report(f"ACDC raw data at {raw_root}", problems))
+            for part, names in written.items():
+                write_list(out / LISTS / LIST_FILES[part], sorted(names))
+        counts = {part: len(members) for part, members in SHIPPED_PATIENTS.items()}
+        return dict(
+            dataset="acdc2d (MT-UNet release)",
+            raw=str(raw_root),
+            written=str(out_dir),
+            train_slices=f"{len(written['train'])} in train/ ({counts['train']} patients)",
+            valid_slices=f"{len(written['val'])} in valid/ ({counts['val']} patients)",
+            test_volumes=f"{len(written['test'])} in test/ ({counts['test']} patients)",
+            lists=f"{LISTS}/train.txt, valid.txt, test.txt",
+            intensity="each frame scaled by its minimum and maximum to [0, 1]",
+            seconds=round(time.perf_counter() - started, 1),
+        )
+
+
+def _names(patients: Iterable[int]) -> set[str]:
+    """The ``patientXXX`` names of patient numbers."""
+    return {patient_name(p) for p in patients}

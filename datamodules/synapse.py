@@ -1,4 +1,5 @@
-"""Synapse multi-organ CT (BTCV, MICCAI 2015 "Multi-Atlas Labeling Beyond the Cranial Vault") in 3D.
+"""Synapse multi-organ CT (BTCV, MICCAI 2015 "Multi-Atlas Labeling Beyond the Cranial Vault"): the
+raw 3D volumes (``synapse``) and TransUNet's 2D release (``synapse2d``, at the end of this file).
 
 The raw training set as downloaded from Synapse (syn3193805, ``Abdomen/RawData.zip``): 30 CT
 volumes ``RawData/Training/img/img00XX.nii.gz`` with labels ``RawData/Training/label/
@@ -9,12 +10,38 @@ label00XX.nii.gz`` of 13 organs. The split is TransUNet's (Chen et al. 2021, its
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
 
 from datamodules.base import DataError, dataset_root, kfold, seeded_sample
-from datamodules.volumes import CaseFiles, VolumeConfig, VolumeDataModule
+from datamodules.slices import (
+    Release,
+    SliceConfig,
+    SliceDataModule,
+    atomic_folder,
+    find_lists_folder,
+    find_release_folders,
+    progress_bar,
+    read_list,
+    save_h5,
+    save_npz,
+    set_differences,
+    volume_to_slices,
+    write_list,
+)
+from datamodules.volumes import (
+    CaseFiles,
+    VolumeConfig,
+    VolumeDataModule,
+    check_case,
+    problem_report,
+)
 
 #: BTCV label ids 1..13 (the challenge's label table), index 0 background.
 CLASS_NAMES = (
@@ -154,3 +181,217 @@ def _existing(folder: Path, name: str) -> Path:
     path = folder / name
     unzipped = path.with_suffix("")
     return unzipped if not path.is_file() and unzipped.is_file() else path
+
+
+# --- the 2D release (TransUNet) ----------------------------------------------------------------
+
+#: TransUNet's 8 organs (its paper and ``test.py``), index 0 background; the 2D release's ids.
+SLICE_CLASS_NAMES = (
+    "background",
+    "aorta",
+    "gallbladder",
+    "left_kidney",
+    "right_kidney",
+    "liver",
+    "pancreas",
+    "spleen",
+    "stomach",
+)
+#: BTCV label -> the 2D release's label (DESIGN 6.5; mmsegmentation's TransUNet converter has the
+#: same table); every other organ becomes background.
+TRANSUNET_LABELS = {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
+#: TransUNet ``datasets/README.md``: "clip the images within [-125, 275], normalize each 3D image
+#: to [0, 1]" (HU).
+HU_WINDOW = (-125.0, 275.0)
+
+RELEASE_DOWNLOAD = (
+    "TransUNet's preprocessed data (github.com/Beckschen/TransUNet, datasets/README.md: request "
+    "it from the authors, for research use only; the copy linked by TransUNet-based projects "
+    "such as Swin-Unet: https://drive.google.com/drive/folders/1ACJEoTp-uqfFJ73qS3eUObQh52nGuzCd)"
+)
+RELEASE_LAYOUT = """\
+  <root>/train_npz/case0005_slice000.npz ...   (slices of the 18 training cases: image, label)
+  <root>/test_vol_h5/case0001.npy.h5 ...       (the 12 test volumes: image, label [D, H, W])
+  <root>/lists/lists_Synapse/train.txt, test_vol.txt   (optional: TransUNet's split is shipped)"""
+TRAIN_FOLDER, TEST_FOLDER, LISTS = "train_npz", "test_vol_h5", "lists_Synapse"
+_SLICE_NAME = re.compile(r"(case\d{4})_slice(\d+)")
+_CASE_NAME = re.compile(r"case\d{4}")
+
+
+def slice_file(case: str, index: int) -> str:
+    """``train_npz/case0005_slice000.npz``: slice ``index`` of case ``case``."""
+    return f"{TRAIN_FOLDER}/{case}_slice{index:03d}.npz"
+
+
+def volume_file(case: str) -> str:
+    """``test_vol_h5/case0001.npy.h5``."""
+    return f"{TEST_FOLDER}/{case}.npy.h5"
+
+
+class SynapseSliceDataModule(SliceDataModule):
+    """Synapse in TransUNet's 2D release: 9 classes (8 organs), 224² slices, TransUNet's 18/12
+    split.
+
+    TransUNet trains on all 18 training cases with no validation set (``num_val_cases: 0``, the
+    default; ``has_validation`` is then false). ``num_val_cases: k`` holds out ``k`` of the 18
+    (drawn with ``split_seed``) as validation volumes stacked from their slices; ``fold: k``
+    validates on fold ``k`` of a seeded ``num_folds``-fold cross-validation of the 18. The 12
+    test volumes never change.
+    """
+
+    @dataclass
+    class Config(SliceConfig):
+        """The ``data:`` keys for ``name: synapse2d`` (see ``SliceConfig``).
+
+        Attributes:
+            num_val_cases: training cases held out as validation volumes (``fold=None``); 0 is
+                TransUNet's protocol (no validation).
+        """
+
+        name: str = "synapse2d"
+        root: str = field(default_factory=lambda: dataset_root("Synapse2D"))
+        num_val_cases: int = 0
+
+    title = "Synapse 2D (TransUNet release)"
+    CLASS_NAMES = SLICE_CLASS_NAMES
+    KEYS = ("image", "label")
+    INTENSITY: ClassVar[dict[str, Any]] = {"scheme": "window", "window": list(HU_WINDOW)}
+    DOWNLOAD = RELEASE_DOWNLOAD
+    LAYOUT = RELEASE_LAYOUT
+    EXAMPLE_EXPERIMENT = "synapse2d_cmunext"
+
+    def config_problems(self) -> list[str]:
+        problems = super().config_problems()
+        if not 0 <= self.config.num_val_cases < len(_TRAIN_IDS):
+            problems.append(
+                f"num_val_cases must be 0..{len(_TRAIN_IDS) - 1}, not {self.config.num_val_cases}"
+            )
+        return problems
+
+    def validation_configured(self) -> bool:
+        return self.config.fold is not None or self.config.num_val_cases > 0
+
+    def split_details(self) -> dict[str, Any]:
+        return dict(num_val_cases=self.config.num_val_cases)
+
+    def find_release(self, root: Path) -> Release:
+        folders = find_release_folders(root, lambda d: (d / TRAIN_FOLDER).is_dir())
+        if not folders:
+            raise self.missing(root)
+        if len(folders) > 1:
+            raise DataError(
+                f"{self.title}: several {TRAIN_FOLDER}/ folders under {root}: "
+                f"{', '.join(map(str, folders))}; point data.root at one of them"
+            )
+        release = Release(folders[0])
+        lists = find_lists_folder(release.base, root, LISTS)
+        train_list = lists / "train.txt" if lists and (lists / "train.txt").is_file() else None
+        test_list = lists / "test_vol.txt" if lists and (lists / "test_vol.txt").is_file() else None
+        release.lists = lists if train_list or test_list else None
+
+        if test_list:
+            test = [n.removesuffix(".npy.h5") for n in read_list(test_list)]
+            release.problems += [
+                f"{test_list}: {n!r} is not a caseXXXX name"
+                for n in test
+                if not _CASE_NAME.fullmatch(n)
+            ]
+            test = sorted({n for n in test if _CASE_NAME.fullmatch(n)})
+            release.differences += set_differences("test_vol.txt", set(test), _TEST_IDS)
+        else:
+            test = sorted(_TEST_IDS)
+        for case in test:
+            release.add_volume("test", case, volume_file(case))
+
+        if train_list:
+            names, where = read_list(train_list), str(train_list)
+        else:
+            names = sorted(p.stem for p in (release.base / TRAIN_FOLDER).glob("case*_slice*.npz"))
+            where = f"{release.base / TRAIN_FOLDER}/"
+        slices: dict[str, dict[int, str]] = {}
+        for name in names:
+            match = _SLICE_NAME.fullmatch(name.removesuffix(".npz"))
+            if match is None:
+                release.problems.append(f"{where}: {name!r} is not a caseXXXX_sliceYYY name")
+                continue
+            case, index = match.group(1), int(match.group(2))
+            if train_list or case in _TRAIN_IDS or case in test:
+                slices.setdefault(case, {})[index] = slice_file(case, index)
+        leaked = sorted(set(slices) & set(test))
+        if leaked:
+            release.problems.append(
+                f"slices of the test case(s) {', '.join(leaked)} are in the training data "
+                f"({where}): the test volumes would be trained on"
+            )
+        if train_list:
+            release.differences += set_differences("train.txt", set(slices), _TRAIN_IDS)
+        else:
+            release.problems += [
+                f"{case}: no {TRAIN_FOLDER}/{case}_sliceYYY.npz slices"
+                for case in sorted(_TRAIN_IDS - set(slices))
+            ]
+        release.add_slices("train", {c: s for c, s in slices.items() if c not in leaked})
+        return release
+
+    def make_split(self, release: Release) -> dict[str, list[str]]:
+        trainval = sorted(release.parts["train"])
+        if self.config.fold is not None:
+            config = self.config
+            _, val = kfold(trainval, config.num_folds, config.fold, config.split_seed)
+        elif self.config.num_val_cases:
+            val = seeded_sample(trainval, self.config.num_val_cases, self.config.split_seed)
+        else:
+            val = []
+        train = sorted(set(trainval) - set(val))
+        return dict(train=train, val=val, test=sorted(release.parts["test"]))
+
+    @classmethod
+    def prepare_release(cls, raw_root: Path, out_dir: Path) -> dict[str, Any]:
+        """TransUNet's release rebuilt from the raw BTCV download (the layouts ``synapse``
+        reads): HU clipped to [-125, 275] and scaled to [0, 1] (float32), BTCV labels mapped by
+        ``TRANSUNET_LABELS`` (uint8), every axial slice ``volume[:, :, k]`` of the 18 training
+        cases as ``train_npz/caseXXXX_sliceKKK.npz``, the 12 test cases as
+        ``test_vol_h5/caseXXXX.npy.h5`` ``[D, H, W]``, and ``lists/lists_Synapse``."""
+        started = time.perf_counter()
+        cases, problems = SynapseVolumeDataModule().find_cases(raw_root)
+        table = np.zeros(len(CLASS_NAMES), np.uint8)
+        table[list(TRANSUNET_LABELS)] = list(TRANSUNET_LABELS.values())
+        train_slices: list[str] = []
+        test_cases: list[str] = []
+        with atomic_folder(out_dir) as out, progress_bar() as progress:
+            task = progress.add_task("Synapse 2D: rebuilding", total=len(cases))
+            for case in cases:
+                case_problems, arrays = check_case(case, len(CLASS_NAMES))
+                problems += case_problems
+                if arrays is not None:
+                    image = volume_to_slices(arrays[0], cls.INTENSITY)
+                    label = volume_to_slices(table[np.rint(arrays[1]).astype(np.intp)])
+                    if case.case_id in _TEST_IDS:
+                        save_h5(out / volume_file(case.case_id), image=image, label=label)
+                        test_cases.append(case.case_id)
+                    else:
+                        for index in range(len(image)):
+                            file = slice_file(case.case_id, index)
+                            save_npz(out / file, image=image[index], label=label[index])
+                            train_slices.append(Path(file).stem)
+                progress.advance(task)
+            if problems:
+                raise DataError(problem_report(f"Synapse raw data at {raw_root}", problems))
+            lists = out / "lists" / LISTS
+            write_list(lists / "train.txt", sorted(train_slices))
+            write_list(lists / "test_vol.txt", sorted(test_cases))
+        return dict(
+            dataset="synapse2d (TransUNet release)",
+            raw=str(raw_root),
+            written=str(out_dir),
+            train_slices=f"{len(train_slices)} in {TRAIN_FOLDER}/ "
+            f"({len(cases) - len(test_cases)} cases)",
+            test_volumes=f"{len(test_cases)} in {TEST_FOLDER}/",
+            lists=f"lists/{LISTS}/train.txt, test_vol.txt",
+            intensity=f"HU clipped to [{HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}], scaled to [0, 1]",
+            labels=", ".join(f"BTCV {k}->{v}" for k, v in TRANSUNET_LABELS.items()) + ", others->0",
+            seconds=round(time.perf_counter() - started, 1),
+        )
+
+
+_TRAIN_IDS = {case_id(n) for n in TRAINING_CASES} - _TEST_IDS

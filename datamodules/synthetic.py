@@ -8,6 +8,8 @@ The classification sets (class-per-folder images) get small images of varying si
 shows as a disc at a class-dependent height with a class-dependent brightness or colour, in the
 downloads' file formats, plus the mess real folders carry (``.DS_Store``, ``Thumbs.db``,
 AppleDouble files, ``__MACOSX/``, an upper-case extension, images in unusual modes).
+The 2D releases (TransUNet's Synapse, MT-UNet's ACDC) are rebuilt from a synthetic raw copy by
+their own ``prepare_release``, so that a synthetic release also exercises the rebuild.
 Everything is drawn from one seeded generator, so a seed gives the same files.
 
 ``write_dataset(name, root)`` is what ``mednext data synthetic DATASET OUT_DIR`` and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import math
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -450,9 +453,38 @@ def write_covidct(root: str | Path, seed: int = 0, per_class: int = 12) -> Path:
     return root
 
 
+# --- 2D releases, rebuilt from a synthetic raw copy ---------------------------------------------
+
+
+def write_synapse2d(root: str | Path, seed: int = 0, shape: Sequence[int] = (64, 64, 10)) -> Path:
+    """A fake TransUNet Synapse release under ``root`` (``train_npz/``, ``test_vol_h5/``,
+    ``lists/lists_Synapse/``): ``write_synapse`` into a temporary folder, rebuilt by
+    ``SynapseSliceDataModule.prepare_release``. The case ids are the real ones (the split needs
+    them); the volumes are ``shape`` (± 2 slices). Returns ``root``."""
+    with tempfile.TemporaryDirectory(prefix="synapse-raw-") as raw:
+        write_synapse(raw, seed=seed, shape=shape)
+        synapse.SynapseSliceDataModule.prepare_release(Path(raw), Path(root))
+    return Path(root)
+
+
+def write_acdc2d(root: str | Path, seed: int = 0, shape: Sequence[int] = (64, 64, 8)) -> Path:
+    """A fake MT-UNet ACDC release under ``root`` (``train/``, ``valid/``, ``test/``,
+    ``lists_ACDC/``): patients 001–100 in the original raw ``training/`` layout in a temporary
+    folder, rebuilt by ``ACDCSliceDataModule.prepare_release``. Returns ``root``."""
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(prefix="acdc-raw-") as raw:
+        for patient in acdc.TRAINING_PATIENTS:
+            folder = Path(raw) / "training" / acdc.patient_name(patient)
+            _write_acdc_patient(rng, folder, patient, shape, labelled=True)
+        acdc.ACDCSliceDataModule.prepare_release(Path(raw), Path(root))
+    return Path(root)
+
+
 WRITERS: dict[str, Callable[..., Path]] = {
     "synapse": write_synapse,
     "acdc": write_acdc,
+    "synapse2d": write_synapse2d,
+    "acdc2d": write_acdc2d,
     "sarscov2": write_sarscov2,
     "msld": write_msld,
     "covidct": write_covidct,
