@@ -88,6 +88,15 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_prepare(args: argparse.Namespace) -> int:
+    from datamodules.slices import prepare_dataset, summary_lines
+
+    summary = prepare_dataset(args.dataset, Path(args.raw_root), Path(args.out_dir))
+    print("\n".join(summary_lines(summary)))
+    print(f"use it with data.root={args.out_dir}")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from mednext.model_table import print_model_table
 
@@ -173,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("out_dir", help="where to write it")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.set_defaults(handler=_data)
+    prepare = data_commands.add_parser(
+        "prepare",
+        help="rebuild a 2D release (synapse2d, acdc2d) from the raw 3D download",
+        description="Rebuild TransUNet's Synapse release (synapse2d) or MT-UNet's ACDC release "
+        "(acdc2d) from the raw 3D download the 3D datasets read, with the release's "
+        "preprocessing, into OUT_DIR (written to a temporary folder and renamed into place).",
+    )
+    prepare.add_argument("dataset", help="synapse2d or acdc2d")
+    prepare.add_argument("raw_root", help="the raw 3D download (what data.root of synapse/acdc is)")
+    prepare.add_argument("out_dir", help="where to write the release (must not exist or be empty)")
+    prepare.set_defaults(handler=_data_prepare)
 
     models = commands.add_parser(
         "models",

@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    name: str = "adamw"  # adamw | adam | sgd
     lr: float = 1e-3
     weight_decay: float = 3e-5
     eps: float = 1e-8
@@ -90,8 +90,8 @@ class EvalConfig:
     sw_batch_size: int = 2
     mirror_tta: bool = False
     hd95: bool = True
-    # The validation metric that picks checkpoints/best.ckpt (without "val/"); None: the task's
-    # own (segmentation dice_mean, classification acc).
+    # The validation metric that picks checkpoints/best.ckpt (without "val/"; hd95* is minimised,
+    # anything else maximised); None: the task's own (segmentation dice_mean, classification acc).
     monitor: str | None = None
 
 
@@ -356,7 +356,7 @@ def compose(name_or_path: str | os.PathLike[str], overrides: Sequence[str] = ())
 
 def _check_values(config: DictConfig) -> None:
     choices = {
-        "optim.name": ("adamw", "sgd"),
+        "optim.name": ("adamw", "adam", "sgd"),
         "optim.scheduler": ("poly", "cosine", "none"),
         "optim.scheduler_interval": ("epoch", "step"),
         "loss.name": ("dice_ce", "ce"),

@@ -442,12 +442,35 @@ def build_task(config: Mapping[str, Any], datamodule: Any) -> Any:
         loss=config["loss"],
         evaluation=config["eval"],
         log_images=config["logger"]["log_images"],
+        protocol=getattr(datamodule, "evaluation", "volume"),
+    )
+
+
+def _checkpointing(config: Mapping[str, Any], datamodule: Any, checkpoint_dir: Path) -> Any:
+    """``last.ckpt`` always; ``best.ckpt`` by the validation metric (``eval.monitor`` or the
+    task's; HD95 is minimised, everything else maximised) when there is a validation set."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    options: dict[str, Any] = dict(
+        dirpath=checkpoint_dir,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    if not getattr(datamodule, "has_validation", True):
+        return ModelCheckpoint(**options, save_top_k=0)
+    metric = config["eval"]["monitor"] or MONITOR[task_kind(datamodule)]
+    return ModelCheckpoint(
+        **options,
+        filename="best",
+        monitor=f"val/{metric}",
+        mode="min" if metric.startswith("hd95") else "max",
     )
 
 
 def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: Any) -> Path:
     """Train, validate and test one experiment; returns its run directory."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
     from datamodules import build_datamodule
 
@@ -481,6 +504,9 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
     recorder = RunRecorder(run_dir, config["name"], config, command)
     recorder.update(status="running", params=params, flops=flops)
     trainer_arguments = dict(config["trainer"])
+    if not getattr(datamodule, "has_validation", True):
+        # No validation set (TransUNet's Synapse protocol): the last epoch's model is tested.
+        trainer_arguments["limit_val_batches"] = 0
     notice = _precision(trainer_arguments)
     if notice:
         console.print(f"[yellow]{notice}[/yellow]")
@@ -491,15 +517,7 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
         default_root_dir=run_dir,
         logger=loggers,
         callbacks=[
-            ModelCheckpoint(
-                dirpath=checkpoint_dir,
-                filename="best",
-                monitor="val/" + (config["eval"]["monitor"] or MONITOR[task_kind(datamodule)]),
-                mode="max",
-                save_last=True,
-                auto_insert_metric_name=False,
-                enable_version_counter=False,
-            ),
+            _checkpointing(config, datamodule, checkpoint_dir),
             LearningRateMonitor(logging_interval="epoch"),
             RichProgressBar(),
             RunStatusCallback(recorder, checkpoint_dir),

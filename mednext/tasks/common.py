@@ -54,7 +54,7 @@ def lr_factor(
 
 
 def configure_optimizers(module: L.LightningModule, optim: Mapping[str, Any]) -> Any:
-    """AdamW or SGD on ``module``'s parameters with the ``optim`` group's schedule."""
+    """AdamW, Adam or SGD on ``module``'s parameters with the ``optim`` group's schedule."""
     if optim["name"] == "sgd":
         optimizer = torch.optim.SGD(
             module.parameters(),
@@ -62,6 +62,14 @@ def configure_optimizers(module: L.LightningModule, optim: Mapping[str, Any]) ->
             momentum=optim["momentum"],
             nesterov=optim["nesterov"],
             weight_decay=optim["weight_decay"],
+        )
+    elif optim["name"] == "adam":
+        # L2 regularisation through the gradient, as torch.optim.Adam does (MT-UNet's recipe).
+        optimizer = torch.optim.Adam(
+            module.parameters(),
+            lr=optim["lr"],
+            weight_decay=optim["weight_decay"],
+            eps=optim["eps"],
         )
     else:
         optimizer = torch.optim.AdamW(

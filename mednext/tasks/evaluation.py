@@ -1,9 +1,13 @@
 """Per-case evaluation protocols.
 
-``volume_case_metrics``: the 3D protocol (DESIGN 7): DSC and HD95 in mm per foreground class of
-one case, computed with MONAI, with the empty-structure cases decided explicitly rather than left
-to NaN handling downstream (MONAI's HD95 of an empty mask is NaN, and its ``aggregate`` silently
-drops such cases).
+- ``volume_case_metrics``: the 3D protocol (DESIGN 7): DSC and HD95 in mm per foreground class of
+  one case, computed with MONAI, with the empty-structure cases decided explicitly rather than
+  left to NaN handling downstream (MONAI's HD95 of an empty mask is NaN, and its ``aggregate``
+  silently drops such cases).
+- ``transunet_case_metrics``: the 2D Synapse/ACDC protocol of TransUNet and MT-UNet, whose
+  published numbers depend on its exact semantics: medpy's DSC and HD95 (voxel units, the 95th
+  percentile of BOTH directed surface-distance sets pooled, which MONAI's symmetric HD95 — the
+  larger of the two directed percentiles — is not) and TransUNet's rules for empty structures.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_hausdorff_distance
+from scipy import ndimage
 
 
 def volume_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
@@ -73,3 +79,47 @@ def volume_case_metrics(
     if not hd95:
         distance = [math.nan] * len(foreground)
     return dice, distance
+
+
+def _surface_distances(result: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """medpy's ``__surface_distances`` at unit spacing: the distance from every border voxel of
+    ``result`` to the nearest border voxel of ``reference``. A border voxel is one removed by a
+    binary erosion with the face-connected structuring element (voxels outside the array count
+    as background)."""
+    footprint = ndimage.generate_binary_structure(result.ndim, 1)
+    result_border = result ^ ndimage.binary_erosion(result, structure=footprint, iterations=1)
+    reference_border = reference ^ ndimage.binary_erosion(
+        reference, structure=footprint, iterations=1
+    )
+    return ndimage.distance_transform_edt(~reference_border)[result_border]
+
+
+def transunet_case_metrics(
+    pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, num_classes: int
+) -> list[tuple[float, float]]:
+    """``(dice, hd95)`` of each foreground class ``1..num_classes-1`` of one case, by the rules
+    of TransUNet's ``calculate_metric_percase`` (Chen et al. 2021, ``utils.py``), which MT-UNet
+    and CMUNeXt-style 2D Synapse/ACDC results use:
+
+    - prediction and reference both non-empty: medpy's ``dc`` and ``hd95`` (voxel units);
+    - prediction non-empty, reference empty: ``(1, 0)``;
+    - prediction empty (reference empty or not): ``(0, 0)``.
+
+    ``pred`` and ``gt`` are integer label volumes of equal shape (any number of axes).
+    """
+    pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+    gt = gt.cpu().numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and reference {gt.shape} differ in shape")
+    metrics = []
+    for c in range(1, num_classes):
+        p, g = pred == c, gt == c
+        if p.any() and g.any():
+            dice = 2.0 * np.count_nonzero(p & g) / (np.count_nonzero(p) + np.count_nonzero(g))
+            distances = np.hstack((_surface_distances(p, g), _surface_distances(g, p)))
+            metrics.append((float(dice), float(np.percentile(distances, 95))))
+        elif p.any():
+            metrics.append((1.0, 0.0))
+        else:
+            metrics.append((0.0, 0.0))
+    return metrics

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
+from scipy import ndimage
 from torch import nn
 
 from mednext.tasks.common import (
@@ -30,7 +31,7 @@ from mednext.tasks.common import (
     gather_rows,
     write_rows_csv,
 )
-from mednext.tasks.evaluation import volume_case_metrics
+from mednext.tasks.evaluation import transunet_case_metrics, volume_case_metrics
 
 # MedNeXt's deep-supervision weights (DESIGN 4.1): 1/2**i for the five outputs, normalised.
 _DS_LEVELS = 5
@@ -108,6 +109,10 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
         spacing: voxel size in mm of the model grid (HD95 in mm).
         optim, loss, evaluation: the ``optim``, ``loss`` and ``eval`` configuration groups.
         log_images: log an overlay of the first validation case per evaluation.
+        protocol: ``volume`` (sliding window over whole cases, DSC and HD95 in mm, DESIGN 7 3D)
+            or ``transunet`` (2D networks on ``(D, H, W)`` volumes slice by slice: each slice
+            zoomed to ``patch_size`` with order 3, the prediction back with order 0; TransUNet's
+            per-case DSC and HD95 in voxels, ``transunet_case_metrics``).
     """
 
     task_kind = "segmentation"
@@ -124,6 +129,7 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
         loss: Mapping[str, Any],
         evaluation: Mapping[str, Any],
         log_images: bool = True,
+        protocol: str = "volume",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -189,16 +195,54 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
             mode="gaussian",
         )
 
+    @torch.no_grad()
+    def predict_slices(self, volume: torch.Tensor) -> torch.Tensor:
+        """TransUNet's ``test_single_volume``: integer labels ``(D, H, W)`` of a ``(D, H, W)``
+        volume, each slice zoomed to ``patch_size`` (cubic spline, scipy ``zoom`` order 3),
+        segmented, and its labels zoomed back to ``(H, W)`` (order 0). Slices go through the
+        network ``eval.sw_batch_size`` at a time."""
+        image = volume.float().cpu().numpy()
+        height, width = image.shape[1:]
+        size = tuple(self.hparams.patch_size)
+        factors = (size[0] / height, size[1] / width)
+        resized = (height, width) != size
+        labels = np.zeros(image.shape, dtype=np.int64)
+        chunk = max(1, int(self.hparams.evaluation["sw_batch_size"]))
+        for start in range(0, len(image), chunk):
+            slices = [
+                ndimage.zoom(s, factors, order=3) if resized else s
+                for s in image[start : start + chunk]
+            ]
+            x = torch.from_numpy(np.stack(slices)[:, None]).to(self.device)
+            predicted = self.net(x).argmax(dim=1).cpu().numpy()
+            for offset, labels_2d in enumerate(predicted):
+                labels[start + offset] = (
+                    ndimage.zoom(labels_2d, (1 / factors[0], 1 / factors[1]), order=0)
+                    if resized
+                    else labels_2d
+                )
+        return torch.from_numpy(labels)
+
     def _evaluate_case(self, batch: Mapping[str, Any], stage: str, batch_idx: int) -> None:
-        prediction = self.predict_probabilities(batch["image"]).argmax(dim=1, keepdim=True)
-        label = batch["label"]
-        dice, hd95 = volume_case_metrics(
-            prediction[0, 0],
-            label[0, 0],
-            self.hparams.num_classes,
-            self.hparams.spacing,
-            hd95=self.hparams.evaluation["hd95"],
-        )
+        if self.hparams.protocol == "transunet":
+            # (1, D, H, W) volumes; the overlay wants the slice axis last.
+            label = batch["label"][0]
+            prediction = self.predict_slices(batch["image"][0])
+            pairs = transunet_case_metrics(prediction, label, self.hparams.num_classes)
+            dice, hd95 = [d for d, _ in pairs], [h for _, h in pairs]
+            image, label, prediction = (
+                v.movedim(0, -1) for v in (batch["image"][0], label, prediction)
+            )
+        else:
+            image, label = batch["image"][0, 0], batch["label"][0, 0]
+            prediction = self.predict_probabilities(batch["image"]).argmax(dim=1)[0]
+            dice, hd95 = volume_case_metrics(
+                prediction,
+                label,
+                self.hparams.num_classes,
+                self.hparams.spacing,
+                hd95=self.hparams.evaluation["hd95"],
+            )
         case_ids = batch.get("case_id") or [f"case{batch_idx}"]
         row: dict[str, Any] = {"case_id": case_ids[0]}
         for name, d, h in zip(self.class_names[1:], dice, hd95, strict=True):
@@ -206,7 +250,7 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
             row[f"hd95/{name}"] = h
         self._rows.append(row)
         if batch_idx == 0 and self.hparams.log_images:
-            self._log_overlay(batch["image"], label, prediction, stage, case_ids[0])
+            self._log_overlay(image, label, prediction, stage, case_ids[0])
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._evaluate_case(batch, "val", batch_idx)
@@ -262,12 +306,14 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
         stage: str,
         case_id: str,
     ) -> None:
+        """Save and log the overlay of one case. ``image`` (its first channel), ``label`` and
+        ``prediction`` hold the case's spatial axes only, any slice axis last."""
         from mednext.plots import overlay_figure
 
         picture = overlay_figure(
-            image[0, 0].float().cpu().numpy(),
-            label[0, 0].cpu().numpy(),
-            prediction[0, 0].cpu().numpy(),
+            image.float().cpu().numpy(),
+            label.cpu().numpy(),
+            prediction.cpu().numpy(),
             self.hparams.num_classes,
             title=f"{stage} {case_id} (epoch {self.current_epoch})",
         )
