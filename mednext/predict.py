@@ -90,7 +90,19 @@ def load_task(checkpoint: Path, device: torch.device, kind: str = "segmentation"
 
 @torch.no_grad()
 def segment_volume(task, image: nib.Nifti1Image, device: torch.device) -> np.ndarray:
-    """Integer labels on ``image``'s own voxel grid (same shape as the image's spatial axes)."""
+    """Integer labels on ``image``'s own voxel grid (same shape as the image's spatial axes).
+
+    A 2D network (TransUNet protocol) segments the axial slices ``volume[:, :, k]`` one by one,
+    with the release's intensity scaling, each zoomed to the model size and back; a 3D network
+    runs sliding-window inference on the preprocessed volume."""
+    if task.hparams.protocol == "transunet":
+        from datamodules.slices import volume_to_slices
+
+        slices = volume_to_slices(
+            np.asarray(image.dataobj, dtype=np.float32), task.preprocessing["intensity"]
+        )
+        labels = task.predict_slices(torch.from_numpy(slices)).numpy()
+        return np.ascontiguousarray(np.transpose(labels, (1, 2, 0)))
     from datamodules.volumes import preprocess_image, restore_labels
 
     array, geometry = preprocess_image(image, **task.preprocessing)

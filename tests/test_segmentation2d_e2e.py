@@ -7,11 +7,13 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from datamodules.synthetic import write_synapse
 from mednext.cli import main
 from mednext.tasks.segmentation import SegmentationTask
 
@@ -73,6 +75,18 @@ def test_synapse2d_cmunext_trains_on_slices_and_tests_volumes_by_transunet_rules
     per_organ = [np.mean([float(row[f"dice/{o}"]) for row in cases]) for o in SYNAPSE_ORGANS]
     assert test["dice_mean"] == pytest.approx(np.mean(per_organ), abs=1e-6)
     assert all(value >= 0 for value in test.values())
+
+    # predict: a raw CT volume in, a label map on its own grid out (the 2D network slice-wise).
+    raw = write_synapse(tmp_path / "raw", shape=(64, 64, 6))
+    scan = sorted(raw.rglob("img0001.nii.gz"))[0]
+    out = tmp_path / "labels"
+    assert (
+        main(["predict", str(run / "checkpoints" / "last.ckpt"), str(scan), "--out", str(out)]) == 0
+    )
+    labels = nib.load(out / "img0001.nii.gz")
+    assert labels.shape == nib.load(scan).shape
+    np.testing.assert_allclose(labels.affine, nib.load(scan).affine)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= set(range(9))
 
 
 @pytest.mark.parametrize(
