@@ -11,7 +11,7 @@ ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-slow lint format bench experiment demo
+.PHONY: install test test-slow lint format bench experiment sweep demo leaderboard
 
 install: $(STAMP)
 
@@ -44,5 +44,13 @@ experiment: $(STAMP)
 		echo "experiments:"; $(BIN)/mednext train --list; exit 2; }
 	$(BIN)/mednext train $(NAME) $(ARGS)
 
+sweep: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make sweep NAME=<sweep> [ARGS='key=value ... --parallel N']"; \
+		echo "sweeps:"; $(BIN)/mednext sweep --list; exit 2; }
+	$(BIN)/mednext sweep $(NAME) $(ARGS)
+
 demo: $(STAMP)
 	$(BIN)/mednext train brain_demo_mednext_s $(ARGS)
+
+leaderboard: $(STAMP)
+	$(BIN)/mednext leaderboard $(ARGS)

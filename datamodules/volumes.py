@@ -39,6 +39,7 @@ import lightning as L
 import nibabel as nib
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai import transforms as mt
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
@@ -869,7 +870,15 @@ class VolumeDataModule(L.LightningDataModule):
     def _case_loader(self, part: str) -> DataLoader:
         dataset = CaseDataset([self._cases[c] for c in self.split[part]])
         options = loader_options(loader_seed(self.seed, self._rank()), self.config.num_workers)
-        return DataLoader(dataset, batch_size=1, shuffle=False, **options)
+        trainer = getattr(self, "trainer", None)
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            # Each case to exactly one rank (Lightning's own sampler would repeat cases to even
+            # out the ranks); the task gathers the per-case rows of every rank.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(dataset, batch_size=1, shuffle=False, sampler=sampler, **options)
 
     def _cached_case(self, folder: Path, case_id: str, with_locations: bool) -> CachedCase:
         entry = self._manifest["cases"][case_id]

@@ -97,6 +97,12 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from mednext.sweep import sweep_command
+
+    return sweep_command(args, _console())
+
+
 def _models(args: argparse.Namespace) -> int:
     from mednext.model_table import print_model_table
 
@@ -108,6 +114,13 @@ def _bench(args: argparse.Namespace) -> int:
     from mednext import bench
 
     return bench.run(args)
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from mednext.leaderboard import default_runs_dir, leaderboard_command
+
+    runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+    return leaderboard_command(runs_dir, Path(args.out))
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -172,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     predict.set_defaults(handler=_predict)
 
+    from mednext import sweep
+
+    sweep_parser = commands.add_parser(
+        "sweep",
+        help="run a sweep: every point of a grid or random set of overrides as its own run",
+        description="Expand experiments/sweeps/SWEEP.yaml (or a path) into points, check every "
+        "point's configuration, then run them one after another (or --parallel N at a time, one "
+        "--devices id each). Runs go to <output.root>/<sweep>/<point>/<run_id>/, the record of "
+        "every point to <output.root>/<sweep>/sweep.json; completed points are skipped when the "
+        "sweep is run again. --wandb-export writes the equivalent W&B sweep file instead.",
+    )
+    sweep.add_arguments(sweep_parser)
+    sweep_parser.set_defaults(handler=_sweep)
+
     data = commands.add_parser("data", help="dataset utilities")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synthetic = data_commands.add_parser(
@@ -223,6 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=_bench)
+
+    leaderboard = commands.add_parser(
+        "leaderboard",
+        help="CSV, Markdown and HTML leaderboard of every run, with parameter/FLOP plots",
+        description="Read every results.json below RUNS_DIR (and run directories with only a "
+        "config.yaml) and write DIR/leaderboard.csv, DIR/leaderboard.md and DIR/index.html: one "
+        "sortable table per dataset and task, test metric vs parameters and vs FLOPs with the "
+        "Pareto front, links to each run's config.yaml.",
+    )
+    leaderboard.add_argument(
+        "runs_dir",
+        nargs="?",
+        metavar="RUNS_DIR",
+        help="where the runs are (default: $MEDNEXT_RUNS or runs)",
+    )
+    leaderboard.add_argument(
+        "--out", default="leaderboard", metavar="DIR", help="output folder (default: leaderboard)"
+    )
+    leaderboard.set_defaults(handler=_leaderboard)
 
     convert = commands.add_parser(
         "convert",

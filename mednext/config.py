@@ -98,6 +98,8 @@ class EvalConfig:
 @dataclass
 class OutputConfig:
     root: str = "runs"
+    # Where the leaderboard is regenerated after every run; None: leaderboard/ beside root.
+    leaderboard: str | None = None
 
 
 @dataclass

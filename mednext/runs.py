@@ -319,7 +319,10 @@ def _loggers(config: Mapping[str, Any], run_dir: Path) -> list[Any]:
                 entity=wandb["entity"],
                 name=f"{config['name']}/{run_dir.name}",
                 # One W&B run per run directory: a resumed run continues the same W&B run.
-                id=f"{config['name']}-{run_dir.name}".replace("/", "-"),
+                # Under `wandb agent` the agent's run id (WANDB_RUN_ID) is the one to use.
+                id=None
+                if os.environ.get("WANDB_SWEEP_ID")
+                else f"{config['name']}-{run_dir.name}".replace("/", "-"),
                 resume="allow",
                 save_dir=str(run_dir),
                 mode=wandb["mode"],
@@ -446,6 +449,107 @@ def build_task(config: Mapping[str, Any], datamodule: Any) -> Any:
     )
 
 
+#: Set by rank 0 for the ranks Lightning launches (they inherit its environment).
+RUN_DIR_ENV = "MEDNEXT_RUN_DIR"
+
+
+def process_rank() -> int:
+    """This process's global rank as the launcher states it (torchrun ``RANK``, SLURM
+    ``SLURM_PROCID``, Lightning's launched ranks ``LOCAL_RANK``); 0 when not distributed."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def shared_run_id() -> str | None:
+    """A run id every rank of a job knows when an external launcher starts them all at once:
+    torchrun's rendezvous id, or the SLURM job id of a multi-task job."""
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if elastic and elastic != "none":
+        return f"torchrun-{elastic}"
+    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    return None
+
+
+def _run_location(
+    config: Mapping[str, Any], root: Path, console: Any
+) -> tuple[Path, Path | None, bool]:
+    """``(run directory, checkpoint to resume from, whether this process writes)``: rank 0
+    creates a new run directory (or picks the newest resumable one), the other ranks of the job
+    join it."""
+    primary = process_rank() == 0
+    inherited = os.environ.get(RUN_DIR_ENV)
+    shared = shared_run_id()
+    if inherited and not primary:
+        run_dir = Path(inherited)
+    elif config["resume"]:
+        found = newest_resumable_run(root, config["name"])
+        if found is None:
+            raise FileNotFoundError(
+                f"resume=true: no run of {config['name']} with {CHECKPOINTS}/last.ckpt under "
+                f"{root / config['name']}"
+            )
+        run_dir = found
+    elif shared:
+        run_dir = root / config["name"] / shared
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = new_run_dir(root, config["name"])
+    checkpoint_path = run_dir / CHECKPOINTS / "last.ckpt" if config["resume"] else None
+    if primary:
+        if checkpoint_path is not None:
+            console.print(f"resuming {run_dir} from {checkpoint_path}")
+        (run_dir / ("config.resume.yaml" if config["resume"] else CONFIG)).write_text(
+            OmegaConf.to_yaml(OmegaConf.create(dict(config)))
+        )
+    return run_dir, checkpoint_path, primary
+
+
+def leaderboard_dir(config: Mapping[str, Any]) -> Path:
+    """``output.leaderboard``, or ``leaderboard/`` beside the runs folder."""
+    configured = config["output"].get("leaderboard")
+    return Path(configured) if configured else Path(config["output"]["root"]).parent / "leaderboard"
+
+
+def update_leaderboard(root: Path, config: Mapping[str, Any], console: Any) -> None:
+    """Regenerate the leaderboard of ``root`` after a run. A failure here is reported and does
+    not change the finished run."""
+    from mednext.leaderboard import write_leaderboard
+
+    try:
+        written = write_leaderboard(root, leaderboard_dir(config))
+    except Exception as error:  # a plotting or file error must not fail the finished run
+        console.print(f"[yellow]leaderboard not updated: {type(error).__name__}: {error}[/yellow]")
+        return
+    console.print(f"leaderboard: {written['index.html']}")
+
+
+def _wandb_summary(trainer: L.Trainer, results: Mapping[str, Any]) -> None:
+    """The leaderboard's columns as W&B summary values, so a W&B project table lists the same
+    runs with the same numbers."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    summary: dict[str, Any] = {
+        "status": results["status"],
+        "model": results["model"]["name"],
+        "variant": results["model"]["variant"],
+        "dataset": results["dataset"],
+        "params": results["params"],
+        "gflops": results["flops"] / 1e9 if results["flops"] else None,
+        "epochs": results["epochs"],
+        "wall_time_s": results["wall_time_s"],
+        "throughput": results["throughput"],
+    }
+    for stage in ("val", "test"):
+        for key, value in results["metrics"][stage].items():
+            summary[f"{stage}/{key}"] = value
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(_finite(summary))
+
+
 def _checkpointing(config: Mapping[str, Any], datamodule: Any, checkpoint_dir: Path) -> Any:
     """``last.ckpt`` always; ``best.ckpt`` by the validation metric (``eval.monitor`` or the
     task's; HD95 is minimised, everything else maximised) when there is a validation set."""
@@ -469,40 +573,56 @@ def _checkpointing(config: Mapping[str, Any], datamodule: Any, checkpoint_dir: P
 
 
 def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: Any) -> Path:
-    """Train, validate and test one experiment; returns its run directory."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
-
+    """Train, validate and test one experiment; returns its run directory. Under DDP every rank
+    runs this; only rank 0 writes the run's files and the leaderboard."""
     from datamodules import build_datamodule
+    from mednext.config import ConfigError
 
     root = Path(config["output"]["root"])
     L.seed_everything(config["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
-    task = build_task(config, datamodule)
+    try:
+        task = build_task(config, datamodule)
+    except ValueError as error:
+        # The network's constructor refuses an option (an odd width, a wrong preset name).
+        raise ConfigError(f"model {config['model']['name']}: {error}") from error
     # Before a run directory exists: a network that cannot take the data's input size is a
     # configuration error, not a run that fails at its first step.
     params, flops = checked_complexity(config, datamodule)
-    checkpoint_path = None
-    if config["resume"]:
-        run_dir = newest_resumable_run(root, config["name"])
-        if run_dir is None:
-            raise FileNotFoundError(
-                f"resume=true: no run of {config['name']} with {CHECKPOINTS}/last.ckpt under "
-                f"{root / config['name']}"
-            )
-        checkpoint_path = run_dir / CHECKPOINTS / "last.ckpt"
-        console.print(f"resuming {run_dir} from {checkpoint_path}")
-    else:
-        run_dir = new_run_dir(root, config["name"])
-    (run_dir / ("config.resume.yaml" if config["resume"] else CONFIG)).write_text(
-        OmegaConf.to_yaml(OmegaConf.create(dict(config)))
-    )
+    run_dir, checkpoint_path, primary = _run_location(config, root, console)
     task.output_dir = run_dir
     if checkpoint_path is None:
         loaded = initialise_weights(task, config["init"], root)
         if loaded:
             console.print(loaded)
-    recorder = RunRecorder(run_dir, config["name"], config, command)
+    recorder = RunRecorder(run_dir, config["name"], config, command, is_writer=primary)
     recorder.update(status="running", params=params, flops=flops)
+    # Ranks that Lightning launches for DDP re-run this command: they find the run here.
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        _train_and_test(config, datamodule, task, recorder, run_dir, checkpoint_path, console)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Without it a fraction of gloo/NCCL runs abort at interpreter exit.
+            torch.distributed.destroy_process_group()
+        if primary:
+            # Failed and interrupted runs are shown too.
+            update_leaderboard(root, config, console)
+    return run_dir
+
+
+def _train_and_test(
+    config: Mapping[str, Any],
+    datamodule: Any,
+    task: Any,
+    recorder: RunRecorder,
+    run_dir: Path,
+    checkpoint_path: Path | None,
+    console: Any,
+) -> None:
+    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+
     trainer_arguments = dict(config["trainer"])
     if not getattr(datamodule, "has_validation", True):
         # No validation set (TransUNet's Synapse protocol): the last epoch's model is tested.
@@ -536,12 +656,13 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
             )
         trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
     if trainer.interrupted:
-        return run_dir
+        return
     best = best_checkpoint(run_dir)
     trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     recorder.set_metrics("test", task.last_evaluation["summary"])
     recorder.update(status="completed")
-    return run_dir
+    if trainer.is_global_zero:
+        _wandb_summary(trainer, recorder.results)
 
 
 def _run_and_checkpoint(target: Path) -> tuple[Path, Path]:
@@ -558,7 +679,8 @@ def _run_and_checkpoint(target: Path) -> tuple[Path, Path]:
 
 def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
     """``mednext test RUN_DIR|CKPT``: evaluate a checkpoint on the test split of its run's
-    experiment (``config.yaml`` beside it) and record the metrics in the run's results.json."""
+    experiment (``config.yaml`` beside it), in one process on one device, and record the metrics
+    in the run's results.json."""
     from lightning.pytorch.callbacks import RichProgressBar
 
     from datamodules import build_datamodule
@@ -572,8 +694,11 @@ def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
     datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
     task = build_task(config, datamodule)
     task.output_dir = run_dir
-    device_keys = ("accelerator", "devices", "num_nodes", "strategy", "precision")
-    trainer_arguments = {k: v for k, v in config["trainer"].items() if k in device_keys}
+    # One process on one device, whatever the run trained on (a DDP run's test matches it).
+    trainer_arguments = {
+        k: v for k, v in config["trainer"].items() if k in ("accelerator", "precision")
+    }
+    trainer_arguments["devices"] = 1
     notice = _precision(trainer_arguments)
     if notice:
         console.print(f"[yellow]{notice}[/yellow]")
@@ -593,4 +718,5 @@ def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
         recorder = RunRecorder(run_dir, config["name"], config, ["mednext", "test", str(target)])
         recorder.results["status"] = read_results(run_dir).get("status", "completed")
         recorder.set_metrics("test", summary)
+        update_leaderboard(Path(config["output"]["root"]), config, console)
     return run_dir, summary

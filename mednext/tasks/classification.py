@@ -184,7 +184,8 @@ class ClassificationTask(PreprocessingRecord, L.LightningModule):
             if self.hparams.log_images:
                 self._log_figures(stage)
         for key in METRICS:
-            self.log(f"{stage}/{key}", summary[key], sync_dist=False, rank_zero_only=False)
+            # Identical on every rank (synchronised at compute): the reduction changes nothing.
+            self.log(f"{stage}/{key}", summary[key], sync_dist=True)
         rows = gather_rows(self._rows, "path")
         if self.output_dir is not None and self.global_rank == 0:
             columns = ["path", "label", "prediction", *(f"p_{n}" for n in self.class_names)]

@@ -281,8 +281,8 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
         rows = gather_rows(self._rows, "case_id")
         summary = self.summarise(rows)
         for key, value in summary.items():
-            # Identical on every rank after the gather: no further reduction.
-            self.log(f"{stage}/{key}", value, sync_dist=False, rank_zero_only=False)
+            # Identical on every rank after the gather: the mean over ranks changes nothing.
+            self.log(f"{stage}/{key}", value, sync_dist=True)
         if self.output_dir is not None and self.global_rank == 0:
             columns = list(rows[0]) if rows else ["case_id"]
             write_rows_csv(rows, self.output_dir / f"{stage}_cases.csv", columns)
