@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import time
@@ -307,6 +308,12 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
+def wandb_run_id(config: Mapping[str, Any], run_dir: Path) -> str:
+    """``<experiment>-<run_id>`` with every character W&B refuses in an id (``/``, ``,``, ``:``,
+    ... of sweep point names) replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.=-]", "-", f"{config['name']}-{run_dir.name}")
+
+
 def _loggers(config: Mapping[str, Any], run_dir: Path) -> list[Any]:
     from lightning.pytorch.loggers import WandbLogger
 
@@ -320,9 +327,7 @@ def _loggers(config: Mapping[str, Any], run_dir: Path) -> list[Any]:
                 name=f"{config['name']}/{run_dir.name}",
                 # One W&B run per run directory: a resumed run continues the same W&B run.
                 # Under `wandb agent` the agent's run id (WANDB_RUN_ID) is the one to use.
-                id=None
-                if os.environ.get("WANDB_SWEEP_ID")
-                else f"{config['name']}-{run_dir.name}".replace("/", "-"),
+                id=None if os.environ.get("WANDB_SWEEP_ID") else wandb_run_id(config, run_dir),
                 resume="allow",
                 save_dir=str(run_dir),
                 mode=wandb["mode"],
@@ -548,6 +553,9 @@ def _wandb_summary(trainer: L.Trainer, results: Mapping[str, Any]) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(_finite(summary))
+            # Nothing is logged after the test: close the W&B run now (offline: its files are
+            # complete, wandb-summary.json included) rather than at interpreter exit.
+            logger.experiment.finish()
 
 
 def _checkpointing(config: Mapping[str, Any], datamodule: Any, checkpoint_dir: Path) -> Any:

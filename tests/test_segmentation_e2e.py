@@ -274,5 +274,13 @@ def test_wandb_offline_run_is_kept_inside_the_run_directory(
     arguments = toy(tmp_path / "runs", tmp_path / "cache", "trainer.max_epochs=1")
     assert main(["train", "synapse_mednext_s", *arguments, "logger.wandb.mode=offline"]) == 0
     run = only_run(tmp_path / "runs", "synapse_mednext_s")
-    assert list((run / "wandb").glob("offline-run-*"))
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline
     assert not (tmp_path / "wandb").exists()
+    # The leaderboard's columns went into the W&B run's summary (offline, the run's record log
+    # holds them until `wandb sync`).
+    results = json.loads((run / "results.json").read_text())
+    record = next(offline[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"gflops", b"test/dice_mean", b"wall_time_s", b"variant"):
+        assert key in record, key
+    assert str(results["params"]).encode() in record

@@ -179,3 +179,15 @@ def test_two_point_sweep_records_both_isolates_the_failure_and_skips_completed_p
     assert again["two/width=8"].get("skipped") is True
     assert again["two/width=7"]["status"] == "failed"
     assert len(list((runs / "two" / "width=8").iterdir())) == 1
+
+
+def test_sweep_point_names_make_valid_wandb_run_ids(tmp_path: Path) -> None:
+    from wandb.sdk.wandb_settings import Settings
+
+    from mednext.runs import wandb_run_id
+
+    point = expand(load_sweep("synapse_mednext_width_depth_kernel"))[0]
+    name = point.overrides[-1].split("=", 1)[1]
+    run_id = wandb_run_id({"name": name}, tmp_path / "20261122-101500")
+    Settings(run_id=run_id)  # W&B's own validation: raises on a reserved character
+    assert run_id.startswith("synapse_mednext_width_depth_kernel-width=16")
