@@ -329,15 +329,24 @@ _AXES: dict[str, tuple[str, str, Callable[[Row], float | None]]] = {
 }
 
 
+#: Up to this many runs in a plot every point is labelled; beyond, only the Pareto front (the
+#: table has the rest), or the labels of a sweep's dozens of points would cover the plot.
+MAX_LABELLED_POINTS = 6
+
+
 def _labels(
-    rows: Sequence[Row], points: Sequence[tuple[float, float]]
+    rows: Sequence[Row], points: Sequence[tuple[float, float]], chosen: set[int]
 ) -> dict[tuple[float, float], str]:
-    """Point → label: the experiment name, with the run id where one experiment has several
-    runs here; runs at the same point share one label, a line each."""
+    """Point → label for the runs ``chosen``: the experiment name (a sweep point's own part
+    only), with the run id where one experiment has several runs here; runs at the same point
+    share one label, a line each."""
     counts = Counter(row.experiment for row in rows)
     labels: dict[tuple[float, float], list[str]] = {}
-    for row, point in zip(rows, points, strict=True):
-        name = row.experiment if counts[row.experiment] == 1 else f"{row.experiment} ({row.run_id})"
+    for index, (row, point) in enumerate(zip(rows, points, strict=True)):
+        if index not in chosen:
+            continue
+        short = row.experiment.rsplit("/", 1)[-1]
+        name = short if counts[row.experiment] == 1 else f"{short} ({row.run_id})"
         labels.setdefault(point, []).append(name)
     return {point: "\n".join(names) for point, names in labels.items()}
 
@@ -414,7 +423,8 @@ def plot_group(group: Group, axis: str) -> bytes:
         else:
             plot.margins(x=0.08, y=0.1)
         low, high = (math.log10(limit) for limit in plot.get_xlim())
-        for (x, y), text in _labels(rows, points).items():
+        chosen = set(range(len(points))) if len(points) <= MAX_LABELLED_POINTS else set(front)
+        for (x, y), text in _labels(rows, points, chosen).items():
             # Labels of points on the right half go to their left, inside the axes.
             left = (math.log10(x) - low) / (high - low) > 0.55
             plot.annotate(
