@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from difflib import get_close_matches
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai.data.utils import worker_init_fn
+from torch.utils.data import Dataset
 
 #: Where caches go when a DataModule is given no ``cache_dir``; overridden by ``$MEDNEXT_CACHE``.
 DEFAULT_CACHE_ROOT = Path("~/.cache/mednext")
@@ -129,3 +132,34 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
     """``"; did you mean 'x'?"`` for the choice closest to ``name``; ``""`` if none is close."""
     matches = get_close_matches(name, list(choices), n=1)
     return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def write_folder_once(target: Path, write: Callable[[Path], object]) -> None:
+    """Create the folder ``target`` (a synthetic dataset copy) unless it exists: ``write`` fills a
+    temporary sibling, which is then renamed into place, so an interrupted write never leaves a
+    half-written copy that later runs would take for a complete one."""
+    if target.is_dir():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        try:
+            temporary.replace(target)
+        except OSError:
+            # Another process (a sweep point) renamed its identical copy into place first.
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def evaluation_sampler(dataset: Dataset, trainer: Any) -> UnrepeatedDistributedSampler | None:
+    """Under DDP, a sampler that gives each validation/test item to exactly one rank (Lightning's
+    own DistributedSampler repeats items to even out the ranks, and keeps a sampler it is given);
+    ``None`` in a single process."""
+    if trainer is None or trainer.world_size <= 1:
+        return None
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -39,7 +38,6 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image, ImageOps
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
@@ -49,8 +47,10 @@ from datamodules.base import (
     DataError,
     cache_root,
     dataset_root,
+    evaluation_sampler,
     loader_options,
     loader_seed,
+    write_folder_once,
     write_json,
 )
 from datamodules.volumes import problem_report
@@ -644,15 +644,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         dataset = ImageFolderDataset(
             self.root, self.split[part], eval_transform(**self.preprocessing)
         )
-        trainer = getattr(self, "trainer", None)
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:
-            # Lightning's own DistributedSampler pads with repeated images so that every rank
-            # gets as many; this one gives each image to exactly one rank (Lightning keeps a
-            # DistributedSampler it is given).
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
+        sampler = evaluation_sampler(dataset, getattr(self, "trainer", None))
         options = loader_options(loader_seed(self.seed, self._rank()), self.config.num_workers)
         return DataLoader(
             dataset, batch_size=self.config.batch_size, shuffle=False, sampler=sampler, **options
@@ -696,27 +688,16 @@ class ImageFolderDataModule(L.LightningDataModule):
         """The synthetic copy, written once: into a temporary folder renamed into place."""
         from datamodules.synthetic import write_dataset  # synthetic imports the dataset modules
 
-        target = self.root
-        if target.is_dir():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            write_dataset(
+        write_folder_once(
+            self.root,
+            lambda folder: write_dataset(
                 self.config.name,
-                temporary,
+                folder,
                 seed=self.config.synthetic_seed,
                 per_class=self.config.synthetic_per_class,
                 **self.synthetic_options(),
-            )
-            try:
-                temporary.replace(target)
-            except OSError:
-                # Another process (a sweep point) renamed its identical copy into place first.
-                if not target.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+            ),
+        )
 
 
 class ImageFolderDataset(Dataset):

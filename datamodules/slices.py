@@ -38,7 +38,6 @@ import h5py
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -50,7 +49,15 @@ from rich.progress import (
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import DataError, cache_root, loader_options, loader_seed, write_json
+from datamodules.base import (
+    DataError,
+    cache_root,
+    evaluation_sampler,
+    loader_options,
+    loader_seed,
+    write_folder_once,
+    write_json,
+)
 from datamodules.volumes import problem_report
 
 log = logging.getLogger(__name__)
@@ -642,14 +649,7 @@ class SliceDataModule(L.LightningDataModule):
         assert self._release is not None, "call setup() first"
         cases = [self._release.cases[c] for c in self.split[part]]
         dataset = VolumeDataset(self._release.base, cases, self.KEYS)
-        trainer = getattr(self, "trainer", None)
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:
-            # Lightning's own DistributedSampler pads with repeated cases so that every rank gets
-            # as many; this one evaluates each case on exactly one rank.
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
+        sampler = evaluation_sampler(dataset, getattr(self, "trainer", None))
         options = loader_options(loader_seed(self.seed, self._rank()), self.config.num_workers)
         if not cases:
             options.update(num_workers=0, persistent_workers=False, worker_init_fn=None)
@@ -705,26 +705,15 @@ class SliceDataModule(L.LightningDataModule):
         """The synthetic release, written once: into a temporary folder renamed into place."""
         from datamodules.synthetic import write_dataset  # synthetic imports the dataset modules
 
-        target = self.root
-        if target.is_dir():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            write_dataset(
+        write_folder_once(
+            self.root,
+            lambda folder: write_dataset(
                 self.config.name,
-                temporary,
+                folder,
                 seed=self.config.synthetic_seed,
                 shape=tuple(self.config.synthetic_shape),
-            )
-            try:
-                temporary.replace(target)
-            except OSError:
-                # Another process (a sweep point) renamed its identical copy into place first.
-                if not target.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+            ),
+        )
 
 
 def validation_key(base: Path, checks: Sequence[tuple[str, str, int]]) -> str:

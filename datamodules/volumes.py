@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import zlib
@@ -39,7 +38,6 @@ import lightning as L
 import nibabel as nib
 import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai import transforms as mt
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
@@ -58,9 +56,11 @@ from datamodules.base import (
     DataError,
     atomic_file,
     cache_root,
+    evaluation_sampler,
     loader_options,
     loader_seed,
     save_npy,
+    write_folder_once,
     write_json,
 )
 
@@ -870,14 +870,7 @@ class VolumeDataModule(L.LightningDataModule):
     def _case_loader(self, part: str) -> DataLoader:
         dataset = CaseDataset([self._cases[c] for c in self.split[part]])
         options = loader_options(loader_seed(self.seed, self._rank()), self.config.num_workers)
-        trainer = getattr(self, "trainer", None)
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:
-            # Each case to exactly one rank (Lightning's own sampler would repeat cases to even
-            # out the ranks); the task gathers the per-case rows of every rank.
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
+        sampler = evaluation_sampler(dataset, getattr(self, "trainer", None))
         return DataLoader(dataset, batch_size=1, shuffle=False, sampler=sampler, **options)
 
     def _cached_case(self, folder: Path, case_id: str, with_locations: bool) -> CachedCase:
@@ -898,25 +891,15 @@ class VolumeDataModule(L.LightningDataModule):
         """The synthetic raw copy, written once: into a temporary folder renamed into place."""
         from datamodules.synthetic import write_dataset  # synthetic imports the dataset modules
 
-        target = self.root
-        if target.is_dir():
-            return
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            write_dataset(
+        write_folder_once(
+            self.root,
+            lambda folder: write_dataset(
                 self.config.name,
-                temporary,
+                folder,
                 seed=self.config.synthetic_seed,
                 shape=tuple(self.config.synthetic_shape),
-            )
-            try:
-                temporary.replace(target)
-            except OSError:
-                # Another process (a sweep point) renamed its identical copy into place first.
-                if not target.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+            ),
+        )
 
     def _build_cache(
         self,
