@@ -163,3 +163,20 @@ def evaluation_sampler(dataset: Dataset, trainer: Any) -> UnrepeatedDistributedS
     return UnrepeatedDistributedSampler(
         dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
     )
+
+
+def common_config_problems(config: Any) -> list[str]:
+    """The problems of the ``data:`` keys every DataModule has: ``source``, ``batch_size``,
+    ``num_workers``, ``num_folds`` and ``fold``."""
+    problems = []
+    if config.source not in ("real", "synthetic"):
+        problems.append(f"source must be 'real' or 'synthetic', not {config.source!r}")
+    if config.batch_size < 1:
+        problems.append(f"batch_size must be at least 1, not {config.batch_size}")
+    if config.num_workers < 0:
+        problems.append(f"num_workers must be at least 0, not {config.num_workers}")
+    if config.num_folds < 2:
+        problems.append(f"num_folds must be at least 2, not {config.num_folds}")
+    elif config.fold is not None and not 0 <= config.fold < config.num_folds:
+        problems.append(f"fold must be None or 0..{config.num_folds - 1}, not {config.fold}")
+    return problems

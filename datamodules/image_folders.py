@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.base import (
     DataError,
     cache_root,
+    common_config_problems,
     dataset_root,
     evaluation_sampler,
     loader_options,
@@ -416,20 +417,11 @@ class ImageFolderDataModule(L.LightningDataModule):
     def config_problems(self) -> list[str]:
         """Every invalid value of the config (subclasses add theirs)."""
         config, problems = self.config, []
-        if config.source not in ("real", "synthetic"):
-            problems.append(f"source must be 'real' or 'synthetic', not {config.source!r}")
-        if config.batch_size < 1:
-            problems.append(f"batch_size must be at least 1, not {config.batch_size}")
-        if config.num_workers < 0:
-            problems.append(f"num_workers must be at least 0, not {config.num_workers}")
+        problems += common_config_problems(config)
         if config.image_size < 1:
             problems.append(
                 f"image_size must be a positive number of pixels, not {config.image_size}"
             )
-        if config.num_folds < 2:
-            problems.append(f"num_folds must be at least 2, not {config.num_folds}")
-        elif config.fold is not None and not 0 <= config.fold < config.num_folds:
-            problems.append(f"fold must be None or 0..{config.num_folds - 1}, not {config.fold}")
         if not (0 < config.test_fraction < 1 and 0 < config.val_fraction < 1):
             problems.append(
                 f"test_fraction and val_fraction must be between 0 and 1, not "

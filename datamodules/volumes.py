@@ -56,6 +56,7 @@ from datamodules.base import (
     DataError,
     atomic_file,
     cache_root,
+    common_config_problems,
     evaluation_sampler,
     loader_options,
     loader_seed,
@@ -970,9 +971,7 @@ class VolumeDataModule(L.LightningDataModule):
 
 def _check_config(config: VolumeConfig) -> None:
     """Every invalid value of ``config`` in one ``DataError``."""
-    problems = []
-    if config.source not in ("real", "synthetic"):
-        problems.append(f"source must be 'real' or 'synthetic', not {config.source!r}")
+    problems = common_config_problems(config)
     if len(config.patch_size) != 3 or any(p <= 0 or p % 16 for p in config.patch_size):
         problems.append(
             f"patch_size must be 3 positive multiples of 16 (MedNeXt halves it four times), "
@@ -980,12 +979,10 @@ def _check_config(config: VolumeConfig) -> None:
         )
     if len(config.spacing) != 3 or any(s <= 0 for s in config.spacing):
         problems.append(f"spacing must be 3 positive sizes in mm, not {list(config.spacing)}")
-    if config.fold is not None and not 0 <= config.fold < config.num_folds:
-        problems.append(f"fold must be None or 0..{config.num_folds - 1}, not {config.fold}")
-    if config.batch_size < 1 or config.iterations_per_epoch < 1:
-        problems.append("batch_size and iterations_per_epoch must be at least 1")
-    if config.num_workers < 0:
-        problems.append(f"num_workers must be at least 0, not {config.num_workers}")
+    if config.iterations_per_epoch < 1:
+        problems.append(
+            f"iterations_per_epoch must be at least 1, not {config.iterations_per_epoch}"
+        )
     if not 0 <= config.foreground_oversample <= 1:
         problems.append(
             f"foreground_oversample must be in [0, 1], not {config.foreground_oversample}"
