@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_parser = commands.add_parser(
         "bench",
-        help="training-step time and peak memory against MONAI's MedNeXt",
+        help="speed and peak memory against reference networks measured in the same run",
         description=bench.DESCRIPTION,
     )
     bench.add_arguments(bench_parser)
