@@ -180,3 +180,18 @@ def common_config_problems(config: Any) -> list[str]:
     elif config.fold is not None and not 0 <= config.fold < config.num_folds:
         problems.append(f"fold must be None or 0..{config.num_folds - 1}, not {config.fold}")
     return problems
+
+
+def dataset_cache_dir(config: Any) -> Path:
+    """A DataModule's cache folder: ``data.cache_dir``, else ``<cache_root()>/<data.name>``."""
+    if config.cache_dir:
+        return Path(config.cache_dir).expanduser()
+    return cache_root() / config.name
+
+
+def dataset_folder(config: Any, synthetic_name: str) -> Path:
+    """The dataset a DataModule reads: ``data.root``, or with ``source=synthetic`` its synthetic
+    copy ``<cache>/synthetic/<synthetic_name>`` (named by what the copy depends on)."""
+    if config.source == "synthetic":
+        return dataset_cache_dir(config) / "synthetic" / synthetic_name
+    return Path(config.root).expanduser()

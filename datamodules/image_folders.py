@@ -45,8 +45,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import (
     DataError,
-    cache_root,
     common_config_problems,
+    dataset_cache_dir,
+    dataset_folder,
     dataset_root,
     evaluation_sampler,
     loader_options,
@@ -125,14 +126,24 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
-def image_problem(path: Path) -> str | None:
-    """Why ``read_image(path)`` fails (the error's type and message), or ``None``."""
+def read_checked_image(path: Path) -> np.ndarray:
+    """``read_image(path)``, with any failure to decode (or an empty image) as a ``DataError``
+    whose message is the reason."""
     try:
         image = read_image(path)
     except _READ_ERRORS as error:
-        return f"{type(error).__name__}: {error}"
+        raise DataError(f"{type(error).__name__}: {error}") from error
     if image.shape[0] == 0 or image.shape[1] == 0:
-        return f"empty image {image.shape[:2]}"
+        raise DataError(f"empty image {image.shape[:2]}")
+    return image
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``read_image(path)`` fails (the error's type and message), or ``None``."""
+    try:
+        read_checked_image(path)
+    except DataError as error:
+        return str(error)
     return None
 
 
@@ -516,18 +527,14 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     @property
     def cache_dir(self) -> Path:
-        if self.config.cache_dir:
-            return Path(self.config.cache_dir).expanduser()
-        return cache_root() / self.config.name
+        return dataset_cache_dir(self.config)
 
     @property
     def root(self) -> Path:
         """The dataset read: ``config.root``, or the synthetic copy in the cache."""
-        if self.config.source == "synthetic":
-            name = f"seed{self.config.synthetic_seed}-{self.config.synthetic_per_class}"
-            suffix = "".join(f"-{value}" for value in self.synthetic_options().values())
-            return self.cache_dir / "synthetic" / f"{name}{suffix}"
-        return Path(self.config.root).expanduser()
+        name = f"seed{self.config.synthetic_seed}-{self.config.synthetic_per_class}"
+        suffix = "".join(f"-{value}" for value in self.synthetic_options().values())
+        return dataset_folder(self.config, f"{name}{suffix}")
 
     @property
     def preprocessing(self) -> dict[str, Any]:

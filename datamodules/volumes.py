@@ -55,8 +55,9 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.base import (
     DataError,
     atomic_file,
-    cache_root,
     common_config_problems,
+    dataset_cache_dir,
+    dataset_folder,
     evaluation_sampler,
     loader_options,
     loader_seed,
@@ -722,17 +723,13 @@ class VolumeDataModule(L.LightningDataModule):
 
     @property
     def cache_dir(self) -> Path:
-        if self.config.cache_dir:
-            return Path(self.config.cache_dir).expanduser()
-        return cache_root() / self.config.name
+        return dataset_cache_dir(self.config)
 
     @property
     def root(self) -> Path:
         """The raw dataset read: ``config.root``, or the synthetic copy in the cache."""
-        if self.config.source == "synthetic":
-            shape = "x".join(str(n) for n in self.config.synthetic_shape)
-            return self.cache_dir / "synthetic" / f"seed{self.config.synthetic_seed}-{shape}"
-        return Path(self.config.root).expanduser()
+        shape = "x".join(str(n) for n in self.config.synthetic_shape)
+        return dataset_folder(self.config, f"seed{self.config.synthetic_seed}-{shape}")
 
     def preprocessing_parameters(self) -> dict[str, Any]:
         """Everything the cached cases depend on besides the input files."""

@@ -189,7 +189,7 @@ def classify_images(
     from rich.progress import track
 
     from datamodules.base import DataError
-    from datamodules.image_folders import image_problem, prepare_image
+    from datamodules.image_folders import eval_transform, read_checked_image
     from mednext.tasks.common import write_rows_csv
 
     names = list(task.preprocessing["class_names"])
@@ -212,12 +212,14 @@ def classify_images(
             )
         batch.clear()
 
+    transform = eval_transform(**task.preprocessing)
     for path in track(files, description="classifying", transient=True):
-        problem = image_problem(path)
-        if problem:
+        try:
+            image = read_checked_image(path)
+        except DataError as problem:
             problems.append(f"  {path}: {problem}")
             continue
-        batch.append((path, prepare_image(path, task.preprocessing)))
+        batch.append((path, transform(image=image)["image"]))
         if len(batch) == batch_size:
             flush()
     flush()
