@@ -1,5 +1,5 @@
-"""ACDC cardiac cine MRI (Bernard et al., IEEE TMI 2018): the raw 3D volumes (``acdc``) and
-MT-UNet's 2D release (``acdc2d``, at the end of this file).
+"""ACDC cardiac cine MRI (Bernard et al., IEEE TMI 2018): the raw 3D volumes (``acdc``),
+MT-UNet's 2D release (``acdc2d``) and their synthetic copies.
 
 The raw dataset as downloaded: ``training/patientXXX/`` (patients 001–100) with
 ``patientXXX_frameYY.nii.gz`` short-axis volumes, their ``_gt`` labels at end-diastole (ED) and
@@ -15,6 +15,7 @@ The split is the 70/10/20 patient split over patients 001–100 used by TransUNe
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,34 +24,29 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from datamodules.base import DataError, dataset_root, kfold
-from datamodules.slices import (
+from datamodules import synthetic
+from datamodules.base import dataset_not_found, dataset_root, kfold
+from datamodules.errors import DataError, problem_report
+from datamodules.preprocessing import volume_to_slices
+from datamodules.releases import (
     Release,
-    SliceConfig,
-    SliceDataModule,
-    atomic_folder,
     find_lists_folder,
     find_release_folders,
-    progress_bar,
     read_list,
+    release_folder,
     save_npz,
     set_differences,
-    volume_to_slices,
     write_list,
 )
-from datamodules.volumes import (
-    CaseFiles,
-    VolumeConfig,
-    VolumeDataModule,
-    check_case,
-    problem_report,
-)
+from datamodules.slices import SliceConfig, SliceDataModule
+from datamodules.volumes import CaseFiles, VolumeConfig, VolumeDataModule, check_case
+from mednext.progress import progress_bar
 
 CLASS_NAMES = ("background", "right_ventricle", "myocardium", "left_ventricle")
 #: Patients with labels in every release (``training/``); 101–150 are the challenge test set.
 TRAINING_PATIENTS = tuple(range(1, 101))
 TESTING_PATIENTS = tuple(range(101, 151))
-#: The 70/10/20 split by patient (DESIGN 6.6; MT-UNet's ACDC lists).
+#: The 70/10/20 split by patient (docs/datasets.md; MT-UNet's ACDC lists).
 TEST_PATIENTS = (2, 3, 8, 9, 12, 14, 17, 24, 42, 48, 49, 53, 55, 64, 67, 79, 81, 88, 92, 95)
 VAL_PATIENTS = (19, 21, 29, 33, 41, 50, 61, 71, 76, 80)
 #: The cardiac phases labelled in ACDC, as named in ``Info.cfg``.
@@ -119,20 +115,20 @@ def find_patient_folders(root: Path) -> dict[int, Path]:
         if folders:
             return folders
     looked = ", ".join(str(root / p) for p in patterns)
-    raise DataError(
-        f"ACDC raw data not found: no patientXXX folders at {looked}.\n"
-        f"Expected layout:\n{LAYOUT}\n"
-        f"Download: {DOWNLOAD}, unzip, and set data.root (or $MEDNEXT_DATA).\n"
-        "Dry run without it: data.source=synthetic "
-        "(e.g. `mednext train acdc_mednext_s data.source=synthetic`)."
+    raise dataset_not_found(
+        f"ACDC raw data not found: no patientXXX folders at {looked}.",
+        "Expected layout",
+        LAYOUT,
+        DOWNLOAD,
+        ACDCVolumeDataModule.EXAMPLE_EXPERIMENT,
     )
 
 
 class ACDCVolumeDataModule(VolumeDataModule):
     """ACDC cardiac MRI, 3D, ED and ES frames of patients 001–100, 4 classes.
 
-    Split by patient: DESIGN 6.6's 70/10/20 lists, or with ``fold=k`` fold ``k`` of a seeded
-    ``num_folds``-fold cross-validation of the 80 non-test patients (test stays the 20).
+    Split by patient: the 70/10/20 lists of docs/datasets.md, or with ``fold=k`` fold ``k`` of a
+    seeded ``num_folds``-fold cross-validation of the 80 non-test patients (test stays the 20).
     Per-case z-score normalisation (MR); the volumes keep their voxel axes (no reorientation), so
     ``spacing`` and ``patch_size`` are (in-plane, in-plane, slice). Defaults: nnU-Net's ACDC
     3d_fullres target spacing (1.5625 mm in-plane, 5 mm between slices); a 160×160×16 patch.
@@ -151,6 +147,7 @@ class ACDCVolumeDataModule(VolumeDataModule):
     title = "ACDC"
     modality = "MR"
     CLASS_NAMES = CLASS_NAMES
+    EXAMPLE_EXPERIMENT = "acdc_mednext_s"
     # Short-axis stacks are oblique to the body axes: the closest RAS axis of the slice direction
     # can differ between patients, which would resample one patient's 5–10 mm slice axis to the
     # in-plane spacing. Keeping the voxel axes keeps (in-plane, in-plane, slice) for every case,
@@ -200,6 +197,10 @@ class ACDCVolumeDataModule(VolumeDataModule):
             for part, members in parts.items()
         }
 
+    @classmethod
+    def write_synthetic(cls, root: Path, seed: int = 0, **options: Any) -> Path:
+        return write_acdc(root, seed=seed, **options)
+
 
 def _patient(case_id: str) -> int:
     """``patient001_ED`` → 1."""
@@ -225,7 +226,7 @@ LIST_FILES = {"train": "train.txt", "val": "valid.txt", "test": "test.txt"}
 LISTS = "lists_ACDC"
 _SLICE_NAME = re.compile(r"case_(\d{3})_slice(ED|ES)_(\d+)\.npz")
 _VOLUME_NAME = re.compile(r"case_(\d{3})_volume_(ED|ES)\.npz")
-#: DESIGN 6.6's patient split by part.
+#: The shipped patient split (docs/datasets.md) by part.
 SHIPPED_PATIENTS = {
     "train": set(TRAINING_PATIENTS) - set(TEST_PATIENTS) - set(VAL_PATIENTS),
     "val": set(VAL_PATIENTS),
@@ -244,8 +245,8 @@ def release_volume_file(patient: int, phase: str) -> str:
 
 
 class ACDCSliceDataModule(SliceDataModule):
-    """ACDC in MT-UNet's 2D release: 4 classes, ED and ES of patients 001–100, DESIGN 6.6's
-    70/10/20 patient split.
+    """ACDC in MT-UNet's 2D release: 4 classes, ED and ES of patients 001–100, the
+    70/10/20 patient split of docs/datasets.md.
 
     Validation: the release's ``valid/`` patients, each (patient, phase) a volume stacked from
     its slices; ``fold: k`` validates on fold ``k`` of a seeded ``num_folds``-fold
@@ -363,6 +364,10 @@ class ACDCSliceDataModule(SliceDataModule):
         return dict(train=train, val=val, test=sorted(release.parts["test"]))
 
     @classmethod
+    def write_synthetic(cls, root: Path, seed: int = 0, **options: Any) -> Path:
+        return write_acdc2d(root, seed=seed, **options)
+
+    @classmethod
     def prepare_release(cls, raw_root: Path, out_dir: Path) -> dict[str, Any]:
         """MT-UNet's release rebuilt from the raw ACDC download (the layouts ``acdc`` reads):
         the ED and ES frames of patients 001–100 (``Info.cfg``), each frame scaled by its own
@@ -374,9 +379,8 @@ class ACDCSliceDataModule(SliceDataModule):
         started = time.perf_counter()
         cases, problems = ACDCVolumeDataModule().find_cases(raw_root)
         written: dict[str, list[str]] = {part: [] for part in RELEASE_FOLDERS}
-        with atomic_folder(out_dir) as out, progress_bar() as progress:
-            task = progress.add_task("ACDC 2D: rebuilding", total=len(cases))
-            for case in cases:
+        with release_folder(out_dir) as out, progress_bar() as progress:
+            for case in progress.track(cases, description="ACDC 2D: rebuilding"):
                 case_problems, arrays = check_case(case, len(CLASS_NAMES))
                 problems += case_problems
                 if arrays is not None:
@@ -393,7 +397,6 @@ class ACDCSliceDataModule(SliceDataModule):
                             file = release_slice_file(part, patient, phase, index)
                             save_npz(out / file, img=image[index], label=label[index])
                             written[part].append(Path(file).name)
-                progress.advance(task)
             if problems:
                 raise DataError(problem_report(f"ACDC raw data at {raw_root}", problems))
             for part, names in written.items():
@@ -415,3 +418,128 @@ class ACDCSliceDataModule(SliceDataModule):
 def _names(patients: Iterable[int]) -> set[str]:
     """The ``patientXXX`` names of patient numbers."""
     return {patient_name(p) for p in patients}
+
+
+# --- synthetic copies ---------------------------------------------------------------------------
+
+#: Intensities (arbitrary MR units) outside the body, of the body, and per label.
+_MR_AIR, _MR_BODY, _MR_NOISE = 20.0, 150.0, 15.0
+_MR_LABELS = {1: 260.0, 2: 80.0, 3: 340.0}  # right ventricle, myocardium, left ventricle
+
+SYNTHETIC_NOTE = (
+    "Synthetic stand-in written by the suite's ACDC module: not the real dataset. The real "
+    "ACDC asks every user to cite Bernard et al., IEEE TMI 37(11):2514-2525, 2018.\n"
+)
+
+
+def acdc_frame(
+    rng: np.random.Generator, shape: Sequence[int], centre: np.ndarray, systole: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One fake short-axis frame: image float (MR units), label uint8 (0..3). ``systole`` 0 at
+    end-diastole, 1 at end-systole (smaller cavities, thicker wall); the heart tapers towards
+    the apex (last slices) and the first and last slices may miss it, as in ACDC."""
+    grid = synthetic.grid(shape[:2])
+    image = np.full(shape, _MR_AIR)
+    label = np.zeros(shape, np.uint8)
+    body = synthetic.ellipsoid(grid, (0.5, 0.5), (0.47, 0.42))
+    lv_radius = 0.15 - 0.05 * systole
+    wall = 0.06 + 0.025 * systole
+    for k in range(shape[2]):
+        taper = 1.0 - 0.6 * (k / max(shape[2] - 1, 1)) ** 2
+        lv = synthetic.ellipsoid(grid, centre, (lv_radius * taper,) * 2)
+        myo = synthetic.ellipsoid(grid, centre, ((lv_radius + wall) * taper,) * 2) & ~lv
+        rv_centre = centre + np.array([-0.22, 0.02]) * taper
+        rv_radii = np.array([0.10, 0.19]) * taper * (1.0 - 0.3 * systole)
+        rv = synthetic.ellipsoid(grid, rv_centre, rv_radii) & ~lv & ~myo
+        plane = np.where(body, _MR_BODY, _MR_AIR)
+        plane_label = np.zeros(shape[:2], np.uint8)
+        for value, mask in ((1, rv), (2, myo), (3, lv)):
+            plane_label[mask], plane[mask] = value, _MR_LABELS[value]
+        image[..., k], label[..., k] = plane, plane_label
+    image += rng.normal(0, _MR_NOISE, shape)
+    return np.clip(image, 0, None), label
+
+
+def write_acdc(
+    root: str | Path,
+    seed: int = 0,
+    shape: Sequence[int] = (40, 40, 8),
+    layout: str = "database",
+) -> Path:
+    """A fake ACDC under ``root``: per patient ``Info.cfg``, ED and ES frames
+    (``patientXXX_frameYY.nii.gz``, int16) with ``_gt`` labels (uint8) and a short ``_4d`` series.
+
+    ``layout="database"``: the newer release, ``database/{training,testing}/patientXXX/`` with
+    labels for the test patients 101–150 and ``MANDATORY_CITATION.md`` files;
+    ``layout="training"``: the original ``training/`` and ``testing/`` (test patients without
+    labels). Returns ``root``.
+    """
+    if layout not in ("database", "training"):
+        raise ValueError(f"layout must be 'database' or 'training', not {layout!r}")
+    root = Path(root)
+    base = root / "database" if layout == "database" else root
+    rng = np.random.default_rng(seed)
+    if layout == "database":
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "MANDATORY_CITATION.md").write_text(SYNTHETIC_NOTE)
+    for part, patients in (
+        ("training", TRAINING_PATIENTS),
+        ("testing", TESTING_PATIENTS),
+    ):
+        for patient in patients:
+            folder = base / part / patient_name(patient)
+            labelled = part == "training" or layout == "database"
+            _write_patient(rng, folder, patient, shape, labelled)
+            if layout == "database":
+                (folder / "MANDATORY_CITATION.md").write_text(SYNTHETIC_NOTE)
+    return root
+
+
+def _write_patient(
+    rng: np.random.Generator, folder: Path, patient: int, shape: Sequence[int], labelled: bool
+) -> None:
+    es = int(rng.integers(5, 10))
+    frames = es + int(rng.integers(2, 5))
+    in_plane = float(rng.uniform(1.3, 1.8))
+    affine = synthetic.lps_affine(
+        (in_plane, in_plane, float(rng.choice([5.0, 10.0]))), shape, rng.uniform(-0.3, 0.3)
+    )
+    centre = np.array([0.56, 0.50]) + rng.normal(0, 0.02, 2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INFO).write_text(
+        info_text(
+            ed=1,
+            es=es,
+            group=str(rng.choice(["NOR", "MINF", "DCM", "HCM", "RV"])),
+            frames=frames,
+            height=float(rng.uniform(150, 195)),
+            weight=float(rng.uniform(50, 110)),
+        )
+    )
+    series = []
+    for frame, systole in ((1, 0.0), (es, 1.0)):
+        image, label = acdc_frame(rng, shape, centre, systole)
+        image = np.round(image).astype(np.int16)
+        series.append(image)
+        synthetic.save_nifti(image, affine, folder / frame_name(patient, frame))
+        if labelled:
+            synthetic.save_nifti(label, affine, folder / frame_name(patient, frame, label=True))
+    # The cine series between the two labelled frames, linearly blended (never read).
+    systole = np.interp(np.arange(frames), [0, es - 1, frames], [0.0, 1.0, 0.0])
+    cine = series[0][..., None] * (1 - systole) + series[1][..., None] * systole
+    synthetic.save_nifti(
+        np.round(cine).astype(np.int16), affine, folder / f"{patient_name(patient)}_4d.nii.gz"
+    )
+
+
+def write_acdc2d(root: str | Path, seed: int = 0, shape: Sequence[int] = (64, 64, 8)) -> Path:
+    """A fake MT-UNet ACDC release under ``root`` (``train/``, ``valid/``, ``test/``,
+    ``lists_ACDC/``): patients 001–100 in the original raw ``training/`` layout in a temporary
+    folder, rebuilt by ``ACDCSliceDataModule.prepare_release``. Returns ``root``."""
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(prefix="acdc-raw-") as raw:
+        for patient in TRAINING_PATIENTS:
+            folder = Path(raw) / "training" / patient_name(patient)
+            _write_patient(rng, folder, patient, shape, labelled=True)
+        ACDCSliceDataModule.prepare_release(Path(raw), Path(root))
+    return Path(root)

@@ -1,4 +1,4 @@
-"""The embedded default dataset `brain_demo`: real anatomy, synthetic variation (DESIGN 6.7).
+"""The embedded default dataset `brain_demo`: real anatomy, synthetic variation (docs/datasets.md).
 
 Every subject is the MNI ICBM152 2009a nonlinear symmetric T1 template, as shipped inside the
 nilearn wheel (so nothing is downloaded), after a seeded random smooth deformation and random MR
@@ -22,20 +22,21 @@ import functools
 import importlib.metadata
 import json
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from rich.progress import track
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from datamodules.base import DataError, kfold
+from datamodules.base import kfold
+from datamodules.errors import DataError
 from datamodules.volumes import CaseFiles, VolumeConfig, VolumeDataModule
+from mednext.files import atomic_path, write_json
+from mednext.progress import progress_bar
 
 CLASS_NAMES: tuple[str, ...] = ("background", "csf", "gray_matter", "white_matter")
 SPACING_MM: float = 2.0
@@ -320,30 +321,13 @@ def _dataset_description(generator: dict[str, Any], shape: tuple[int, ...]) -> d
     }
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it onto `path`.
-
-    An interrupted write leaves at most a temporary file, never a truncated `path`. The
-    temporary name keeps the suffixes, which nibabel uses to choose the format.
-    """
-    temporary = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image = nib.Nifti1Image(array, affine)
     image.set_sform(affine, code="mni")
     image.set_qform(affine, code="mni")
     image.header.set_xyzt_units("mm")
-    _replace_atomically(path, lambda temporary: nib.save(image, temporary))
-
-
-def _save_json(content: dict[str, Any], path: Path) -> None:
-    _replace_atomically(path, lambda temporary: temporary.write_text(json.dumps(content, indent=2)))
+    with atomic_path(path) as temporary:
+        nib.save(image, temporary)
 
 
 def _read_json(path: Path) -> Any:
@@ -402,12 +386,14 @@ def write_brain_demo(
             if path not in files:
                 path.unlink()
     template, _, affine = load_template()
-    for index, case in enumerate(track(cases, description="Writing brain_demo subjects")):
-        image, label = make_subject(index, seed)
-        _save_nifti(image, affine, root / "imagesTr" / f"{case}.nii.gz")
-        _save_nifti(label, affine, root / "labelsTr" / f"{case}.nii.gz")
-    _save_json(split, root / "split.json")
-    _save_json(_dataset_description(generator, template.shape), root / "dataset.json")
+    with progress_bar() as progress:
+        subjects = progress.track(cases, description="Writing brain_demo subjects")
+        for index, case in enumerate(subjects):
+            image, label = make_subject(index, seed)
+            _save_nifti(image, affine, root / "imagesTr" / f"{case}.nii.gz")
+            _save_nifti(label, affine, root / "labelsTr" / f"{case}.nii.gz")
+    write_json(root / "split.json", split)
+    write_json(root / "dataset.json", _dataset_description(generator, template.shape))
     return split
 
 
@@ -445,6 +431,7 @@ class BrainDemoDataModule(VolumeDataModule):
     title = "brain_demo"
     modality = "MR"
     CLASS_NAMES = CLASS_NAMES
+    EXAMPLE_EXPERIMENT = "brain_demo_mednext_s"
 
     @property
     def root(self) -> Path:
@@ -463,8 +450,15 @@ class BrainDemoDataModule(VolumeDataModule):
         )
         super().prepare_data()
 
-    def _write_synthetic(self) -> None:
+    def write_synthetic_copy(self) -> None:
         """Nothing to add: ``prepare_data`` has written the (synthetic) subjects already."""
+
+    @classmethod
+    def write_synthetic(cls, root: Path, seed: int = 0, **options: Any) -> Path:
+        """The generated subjects under ``root`` (``write_brain_demo``; the demo is synthetic by
+        construction). Returns ``root``."""
+        write_brain_demo(root, seed=seed, **options)
+        return Path(root)
 
     def _written_split(self) -> dict[str, list[str]]:
         split = _read_json(self.root / "split.json")

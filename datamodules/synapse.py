@@ -1,5 +1,5 @@
 """Synapse multi-organ CT (BTCV, MICCAI 2015 "Multi-Atlas Labeling Beyond the Cranial Vault"): the
-raw 3D volumes (``synapse``) and TransUNet's 2D release (``synapse2d``, at the end of this file).
+raw 3D volumes (``synapse``), TransUNet's 2D release (``synapse2d``) and their synthetic copies.
 
 The raw training set as downloaded from Synapse (syn3193805, ``Abdomen/RawData.zip``): 30 CT
 volumes ``RawData/Training/img/img00XX.nii.gz`` with labels ``RawData/Training/label/
@@ -11,6 +11,7 @@ label00XX.nii.gz`` of 13 organs. The split is TransUNet's (Chen et al. 2021, its
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,29 +20,24 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from datamodules.base import DataError, dataset_root, kfold, seeded_sample
-from datamodules.slices import (
+from datamodules import synthetic
+from datamodules.base import dataset_not_found, dataset_root, kfold, seeded_sample
+from datamodules.errors import DataError, problem_report
+from datamodules.preprocessing import volume_to_slices
+from datamodules.releases import (
     Release,
-    SliceConfig,
-    SliceDataModule,
-    atomic_folder,
     find_lists_folder,
     find_release_folders,
-    progress_bar,
     read_list,
+    release_folder,
     save_h5,
     save_npz,
     set_differences,
-    volume_to_slices,
     write_list,
 )
-from datamodules.volumes import (
-    CaseFiles,
-    VolumeConfig,
-    VolumeDataModule,
-    check_case,
-    problem_report,
-)
+from datamodules.slices import SliceConfig, SliceDataModule
+from datamodules.volumes import CaseFiles, VolumeConfig, VolumeDataModule, check_case
+from mednext.progress import progress_bar
 
 #: BTCV label ids 1..13 (the challenge's label table), index 0 background.
 CLASS_NAMES = (
@@ -102,12 +98,12 @@ def find_training_folder(root: Path) -> Path:
         if found:
             return found[0]
     looked = ", ".join(str(root / p) if p else str(root) for p in patterns)
-    raise DataError(
-        f"Synapse (BTCV) raw data not found: no folder with img/ and label/ at {looked}.\n"
-        f"Expected layout:\n{LAYOUT}\n"
-        f"Download: {DOWNLOAD} (free registration), unzip, and set data.root (or $MEDNEXT_DATA).\n"
-        "Dry run without it: data.source=synthetic "
-        "(e.g. `mednext train synapse_mednext_s data.source=synthetic`)."
+    raise dataset_not_found(
+        f"Synapse (BTCV) raw data not found: no folder with img/ and label/ at {looked}.",
+        "Expected layout",
+        LAYOUT,
+        f"{DOWNLOAD} (free registration)",
+        SynapseVolumeDataModule.EXAMPLE_EXPERIMENT,
     )
 
 
@@ -138,6 +134,7 @@ class SynapseVolumeDataModule(VolumeDataModule):
     title = "Synapse"
     modality = "CT"
     CLASS_NAMES = CLASS_NAMES
+    EXAMPLE_EXPERIMENT = "synapse_mednext_s"
 
     def __init__(self, config: Config | None = None, seed: int = 0) -> None:
         super().__init__(config, seed)
@@ -172,6 +169,10 @@ class SynapseVolumeDataModule(VolumeDataModule):
             )
         return dict(train=train, val=val, test=test)
 
+    @classmethod
+    def write_synthetic(cls, root: Path, seed: int = 0, **options: Any) -> Path:
+        return write_synapse(root, seed=seed, **options)
+
 
 _TEST_IDS = {case_id(n) for n in TRANSUNET_TEST_CASES}
 
@@ -197,8 +198,8 @@ SLICE_CLASS_NAMES = (
     "spleen",
     "stomach",
 )
-#: BTCV label -> the 2D release's label (DESIGN 6.5; mmsegmentation's TransUNet converter has the
-#: same table); every other organ becomes background.
+#: BTCV label -> the 2D release's label (docs/datasets.md; mmsegmentation's TransUNet converter has
+#: the same table); every other organ becomes background.
 TRANSUNET_LABELS = {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
 #: TransUNet ``datasets/README.md``: "clip the images within [-125, 275], normalize each 3D image
 #: to [0, 1]" (HU).
@@ -346,6 +347,10 @@ class SynapseSliceDataModule(SliceDataModule):
         return dict(train=train, val=val, test=sorted(release.parts["test"]))
 
     @classmethod
+    def write_synthetic(cls, root: Path, seed: int = 0, **options: Any) -> Path:
+        return write_synapse2d(root, seed=seed, **options)
+
+    @classmethod
     def prepare_release(cls, raw_root: Path, out_dir: Path) -> dict[str, Any]:
         """TransUNet's release rebuilt from the raw BTCV download (the layouts ``synapse``
         reads): HU clipped to [-125, 275] and scaled to [0, 1] (float32), BTCV labels mapped by
@@ -358,9 +363,8 @@ class SynapseSliceDataModule(SliceDataModule):
         table[list(TRANSUNET_LABELS)] = list(TRANSUNET_LABELS.values())
         train_slices: list[str] = []
         test_cases: list[str] = []
-        with atomic_folder(out_dir) as out, progress_bar() as progress:
-            task = progress.add_task("Synapse 2D: rebuilding", total=len(cases))
-            for case in cases:
+        with release_folder(out_dir) as out, progress_bar() as progress:
+            for case in progress.track(cases, description="Synapse 2D: rebuilding"):
                 case_problems, arrays = check_case(case, len(CLASS_NAMES))
                 problems += case_problems
                 if arrays is not None:
@@ -374,7 +378,6 @@ class SynapseSliceDataModule(SliceDataModule):
                             file = slice_file(case.case_id, index)
                             save_npz(out / file, image=image[index], label=label[index])
                             train_slices.append(Path(file).stem)
-                progress.advance(task)
             if problems:
                 raise DataError(problem_report(f"Synapse raw data at {raw_root}", problems))
             lists = out / "lists" / LISTS
@@ -395,3 +398,79 @@ class SynapseSliceDataModule(SliceDataModule):
 
 
 _TRAIN_IDS = {case_id(n) for n in TRAINING_CASES} - _TEST_IDS
+
+
+# --- synthetic copies ---------------------------------------------------------------------------
+
+#: Organs as (centre, radii) in fractions of the volume (x, y, z) and a CT value (HU): roughly
+#: anatomical, distinct intensities ≥ 30 HU apart (noise 12 HU), painted largest first so that
+#: small organs stay visible. Index = BTCV label.
+_ORGANS: dict[int, tuple[tuple[float, float, float], tuple[float, float, float], float]] = {
+    6: ((0.30, 0.45, 0.62), (0.18, 0.20, 0.24), 70),  # liver
+    7: ((0.66, 0.38, 0.65), (0.10, 0.09, 0.15), -30),  # stomach
+    1: ((0.78, 0.62, 0.60), (0.09, 0.10, 0.18), 100),  # spleen
+    2: ((0.27, 0.70, 0.36), (0.07, 0.08, 0.18), 190),  # right kidney
+    3: ((0.73, 0.70, 0.38), (0.07, 0.08, 0.18), 160),  # left kidney
+    8: ((0.53, 0.66, 0.50), (0.045, 0.045, 0.45), 250),  # aorta
+    9: ((0.44, 0.62, 0.45), (0.045, 0.045, 0.38), 130),  # inferior vena cava
+    11: ((0.58, 0.52, 0.42), (0.13, 0.045, 0.08), 310),  # pancreas
+    4: ((0.36, 0.33, 0.42), (0.05, 0.05, 0.10), 10),  # gallbladder
+    10: ((0.47, 0.49, 0.56), (0.06, 0.035, 0.07), 220),  # portal and splenic vein
+    5: ((0.52, 0.64, 0.86), (0.04, 0.04, 0.12), 40),  # esophagus
+    12: ((0.34, 0.69, 0.60), (0.045, 0.035, 0.08), 340),  # right adrenal gland
+    13: ((0.65, 0.69, 0.60), (0.045, 0.035, 0.08), 370),  # left adrenal gland
+}
+_BODY_HU, _AIR_HU, _CT_NOISE = -80.0, -1000.0, 12.0
+
+
+def synapse_case(
+    rng: np.random.Generator, shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One fake BTCV volume: image int16 (HU), label uint8 (0..13), affine. The number of slices
+    varies by ±2 around ``shape[2]`` and the voxel size as in BTCV (0.7–0.9 mm in-plane,
+    2.5 or 3 mm slices)."""
+    shape = (shape[0], shape[1], max(8, shape[2] + int(rng.integers(-2, 3))))
+    grid = synthetic.grid(shape)
+    body = synthetic.ellipsoid(grid[:2], (0.5, 0.5), (0.46, 0.40))
+    label = np.zeros(shape, np.uint8)
+    image = np.where(body, _BODY_HU, _AIR_HU) * np.ones(shape)
+    for organ, (centre, radii, hu) in _ORGANS.items():
+        centre = np.asarray(centre) + rng.normal(0, 0.015, 3)
+        radii = np.asarray(radii) * rng.uniform(0.85, 1.15, 3)
+        mask = synthetic.ellipsoid(grid, centre, radii) & body
+        label[mask], image[mask] = organ, hu
+    image += rng.normal(0, _CT_NOISE, shape)
+    in_plane = float(rng.uniform(0.7, 0.9))
+    affine = synthetic.lps_affine((in_plane, in_plane, float(rng.choice([2.5, 3.0]))), shape)
+    return np.round(image).astype(np.int16), label, affine
+
+
+def write_synapse(root: str | Path, seed: int = 0, shape: Sequence[int] = (48, 48, 24)) -> Path:
+    """A fake BTCV ``RawData`` under ``root``: ``RawData/Training/img/img00XX.nii.gz`` and
+    ``label/label00XX.nii.gz`` for the 30 training cases, ``RawData/Testing/img`` for the 20
+    unlabelled ones. Every organ is a blob of its own intensity at a roughly fixed place,
+    jittered per case, with noise; LPS-like flipped axes and anisotropic voxels as in BTCV.
+    Returns ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    raw = root / "RawData"
+    for number in TRAINING_CASES:
+        image, label, affine = synapse_case(rng, shape)
+        synthetic.save_nifti(image, affine, raw / "Training" / "img" / image_name(number))
+        synthetic.save_nifti(label, affine, raw / "Training" / "label" / label_name(number))
+    for number in CHALLENGE_TEST_CASES:
+        image, _, affine = synapse_case(rng, shape)
+        synthetic.save_nifti(image, affine, raw / "Testing" / "img" / image_name(number))
+    return root
+
+
+def write_synapse2d(root: str | Path, seed: int = 0, shape: Sequence[int] = (64, 64, 10)) -> Path:
+    """A fake TransUNet Synapse release under ``root`` (``train_npz/``, ``test_vol_h5/``,
+    ``lists/lists_Synapse/``): ``write_synapse`` into a temporary folder, rebuilt by
+    ``SynapseSliceDataModule.prepare_release`` (so every synthetic release exercises the
+    rebuild). The case ids are the real ones (the split needs them); the volumes are ``shape``
+    (± 2 slices). Returns ``root``."""
+    with tempfile.TemporaryDirectory(prefix="synapse-raw-") as raw:
+        write_synapse(raw, seed=seed, shape=shape)
+        SynapseSliceDataModule.prepare_release(Path(raw), Path(root))
+    return Path(root)

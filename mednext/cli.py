@@ -1,8 +1,9 @@
 """The ``mednext`` command line (also ``python -m mednext``).
 
 Each subcommand lives in the module that does the work; this file only wires them together, and
-imports a subcommand's module when that subcommand runs, so ``mednext models`` does not pay for
-Lightning or MONAI.
+imports a subcommand's module when that subcommand runs. Building the parser, ``--help``,
+``mednext train --list``, ``mednext sweep --list`` and ``mednext leaderboard`` import neither torch
+nor Lightning, and a mistyped command line is reported before anything heavy loads.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _console():
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user: printed without a traceback."""
-    from datamodules.base import DataError
+    from datamodules.errors import DataError
     from mednext.config import ConfigError
 
     return (ConfigError, DataError, FileNotFoundError)
@@ -31,7 +32,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _train(args: argparse.Namespace) -> int:
     from mednext.config import as_dict, compose, list_experiments
-    from mednext.runs import headline, read_results, run_experiment
 
     console = _console()
     if args.list:
@@ -41,6 +41,10 @@ def _train(args: argparse.Namespace) -> int:
         console.print("mednext train: name an experiment (`mednext train --list` shows them)")
         return 2
     config = as_dict(compose(args.experiment, args.overrides))
+    from mednext.runs.layout import read_results
+    from mednext.runs.train import run_experiment
+    from mednext.tasks import headline_lines
+
     command = ["mednext", "train", args.experiment, *args.overrides]
     try:
         run_dir = run_experiment(config, command, console)
@@ -54,7 +58,7 @@ def _train(args: argparse.Namespace) -> int:
         return 130
     results = read_results(run_dir)
     print(f"run directory: {run_dir}")
-    for line in headline(results.get("metrics", {}).get("test", {})):
+    for line in headline_lines(results.get("metrics", {}).get("test", {})):
         print(line)
     for figure in sorted((run_dir / "predictions").glob("test_*.png"))[:2]:
         print(f"{'overlay' if figure.stem.endswith('_overlay') else 'figure'}: {figure}")
@@ -62,11 +66,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from mednext.runs import headline, test_run
+    from mednext.runs.train import test_run
+    from mednext.tasks import headline_lines
 
     run_dir, summary = test_run(Path(args.target), _console())
     print(f"run directory: {run_dir}")
-    for line in headline(summary):
+    for line in headline_lines(summary):
         print(line)
     return 0
 
@@ -80,7 +85,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from datamodules.synthetic import write_dataset
+    from datamodules import write_dataset
 
     root = write_dataset(args.dataset, Path(args.out_dir), seed=args.seed)
     print(f"wrote a synthetic {args.dataset} copy to {root}")
@@ -89,7 +94,8 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
-    from datamodules.slices import prepare_dataset, summary_lines
+    from datamodules import prepare_dataset
+    from datamodules.releases import summary_lines
 
     summary = prepare_dataset(args.dataset, Path(args.raw_root), Path(args.out_dir))
     print("\n".join(summary_lines(summary)))
@@ -111,7 +117,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mednext import bench
+    from mednext.bench import cli as bench
 
     return bench.run(args)
 
@@ -130,7 +136,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mednext import bench
+    from mednext import bench, sweep
+    from mednext.bench import cli as bench_cli
 
     parser = argparse.ArgumentParser(
         prog="mednext",
@@ -184,8 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     predict.set_defaults(handler=_predict)
-
-    from mednext import sweep
 
     sweep_parser = commands.add_parser(
         "sweep",
@@ -248,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="speed and peak memory against reference networks measured in the same run",
         description=bench.DESCRIPTION,
     )
-    bench.add_arguments(bench_parser)
+    bench_cli.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=_bench)
 
     leaderboard = commands.add_parser(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mednext.files import atomic_path
+
 
 def _middle_slice(volume: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     # For 3D, the axial slice with the most foreground in the reference label shows the most.
@@ -71,7 +73,5 @@ def save_png(picture: np.ndarray, path: Path) -> None:
     """Write an RGB array as PNG (atomically)."""
     import matplotlib.image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".partial.png")
-    matplotlib.image.imsave(partial, picture)
-    partial.replace(path)
+    with atomic_path(path) as temporary:
+        matplotlib.image.imsave(temporary, picture, format="png")

@@ -12,13 +12,26 @@ experiment file nor the dataset.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
+
+from datamodules.errors import DataError
+from datamodules.preprocessing import (
+    eval_transform,
+    list_images,
+    preprocess_image,
+    read_checked_image,
+    restore_labels,
+    subfolders,
+    volume_to_slices,
+)
+from mednext.files import atomic_path
+from mednext.progress import progress_bar
+from mednext.tasks import TASKS
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -61,7 +74,7 @@ def _device(name: str) -> torch.device:
 
 def checkpoint_task_kind(checkpoint: Path) -> str:
     """``segmentation`` or ``classification``: what the suite checkpoint was trained for."""
-    from mednext.tasks.common import TASK_KEY
+    from mednext.tasks.base import TASK_KEY
 
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
@@ -73,12 +86,11 @@ def checkpoint_task_kind(checkpoint: Path) -> str:
 
 
 def load_task(checkpoint: Path, device: torch.device, kind: str = "segmentation"):
-    from mednext.tasks.classification import ClassificationTask
-    from mednext.tasks.segmentation import SegmentationTask
-
+    """The task of a suite checkpoint (the LightningModule of its ``kind``), in eval mode on
+    ``device``."""
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    task_class = ClassificationTask if kind == "classification" else SegmentationTask
+    task_class = TASKS[kind].load()
     task = task_class.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
     if not task.preprocessing:
         raise ValueError(
@@ -96,15 +108,11 @@ def segment_volume(task, image: nib.Nifti1Image, device: torch.device) -> np.nda
     with the release's intensity scaling, each zoomed to the model size and back; a 3D network
     runs sliding-window inference on the preprocessed volume."""
     if task.hparams.protocol == "transunet":
-        from datamodules.slices import volume_to_slices
-
         slices = volume_to_slices(
             np.asarray(image.dataobj, dtype=np.float32), task.preprocessing["intensity"]
         )
         labels = task.predict_slices(torch.from_numpy(slices)).numpy()
         return np.ascontiguousarray(np.transpose(labels, (1, 2, 0)))
-    from datamodules.volumes import preprocess_image, restore_labels
-
     array, geometry = preprocess_image(image, **task.preprocessing)
     x = torch.from_numpy(np.ascontiguousarray(array))[None].to(device)
     labels = task.predict_probabilities(x).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
@@ -127,27 +135,25 @@ def predict_command(
 def segment_volumes(
     task, inputs: Sequence[Path], out_dir: Path, device: torch.device, mirror_tta: bool
 ) -> int:
-    from rich.progress import track
-
     if mirror_tta:
         task.hparams.evaluation["mirror_tta"] = True
     files = nifti_inputs(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in track(files, description="segmenting", transient=True):
-        try:
-            image = nib.load(path)
-        except Exception as error:  # nibabel raises several types for unreadable files
-            raise ValueError(f"{path}: not a readable NIfTI file ({error})") from error
-        labels = segment_volume(task, image, device)
-        header = image.header.copy()
-        header.set_data_dtype(np.uint8)
-        header["scl_slope"], header["scl_inter"] = 1, 0
-        result = nib.Nifti1Image(labels.astype(np.uint8), image.affine, header)
-        destination = out_dir / output_name(path)
-        partial = destination.with_name(".partial." + destination.name)
-        nib.save(result, partial)
-        os.replace(partial, destination)
-        print(f"{path} -> {destination}")
+    with progress_bar(transient=True) as progress:
+        for path in progress.track(files, description="segmenting"):
+            try:
+                image = nib.load(path)
+            except Exception as error:  # nibabel raises several types for unreadable files
+                raise ValueError(f"{path}: not a readable NIfTI file ({error})") from error
+            labels = segment_volume(task, image, device)
+            header = image.header.copy()
+            header.set_data_dtype(np.uint8)
+            header["scl_slope"], header["scl_inter"] = 1, 0
+            result = nib.Nifti1Image(labels.astype(np.uint8), image.affine, header)
+            destination = out_dir / output_name(path)
+            with atomic_path(destination) as temporary:
+                nib.save(result, temporary)
+            print(f"{path} -> {destination}")
     return 0
 
 
@@ -160,8 +166,6 @@ PREDICTIONS_CSV = "predictions.csv"
 def image_inputs(inputs: Sequence[Path]) -> list[Path]:
     """Image files as given, folders expanded to every image below them (any depth, junk such
     as ``.DS_Store`` and ``Thumbs.db`` left out), in order."""
-    from datamodules.image_folders import list_images, subfolders
-
     files: list[Path] = []
     missing = []
     for path in inputs:
@@ -186,11 +190,7 @@ def classify_images(
     """Class probabilities of every image into ``out_dir/predictions.csv`` (columns ``path``,
     ``prediction``, ``p_<class>``...). Unreadable images are left out of the CSV and listed,
     all together, in the ``DataError`` raised after it is written."""
-    from rich.progress import track
-
-    from datamodules.base import DataError
-    from datamodules.image_folders import eval_transform, read_checked_image
-    from mednext.tasks.common import write_rows_csv
+    from mednext.tasks.base import write_rows_csv
 
     names = list(task.preprocessing["class_names"])
     rows, problems = [], []
@@ -213,16 +213,17 @@ def classify_images(
         batch.clear()
 
     transform = eval_transform(**task.preprocessing)
-    for path in track(files, description="classifying", transient=True):
-        try:
-            image = read_checked_image(path)
-        except DataError as problem:
-            problems.append(f"  {path}: {problem}")
-            continue
-        batch.append((path, transform(image=image)["image"]))
-        if len(batch) == batch_size:
-            flush()
-    flush()
+    with progress_bar(transient=True) as progress:
+        for path in progress.track(files, description="classifying"):
+            try:
+                image = read_checked_image(path)
+            except DataError as problem:
+                problems.append(f"  {path}: {problem}")
+                continue
+            batch.append((path, transform(image=image)["image"]))
+            if len(batch) == batch_size:
+                flush()
+        flush()
     destination = out_dir / PREDICTIONS_CSV
     if rows:
         write_rows_csv(rows, destination, ["path", "prediction", *(f"p_{n}" for n in names)])

@@ -1,4 +1,4 @@
-"""Sweeps (DESIGN 5): one base experiment, a grid or a seeded random set of configuration
+"""Sweeps (docs/scaling.md): one base experiment, a grid or a seeded random set of configuration
 overrides, every point a normal run.
 
 ``experiments/sweeps/<name>.yaml``::
@@ -42,6 +42,10 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mednext.config import EXPERIMENTS_DIR, ConfigError, as_dict, compose
+from mednext.files import write_json, write_text
+from mednext.leaderboard import refresh_leaderboard
+from mednext.runs.layout import leaderboard_dir, newest_status
+from mednext.tasks import TASKS, minimised
 
 SWEEPS_DIR = EXPERIMENTS_DIR / "sweeps"
 RECORD = "sweep.json"
@@ -243,16 +247,6 @@ def check_points(sweep: Sweep, points: Sequence[SweepPoint]) -> dict[str, Any]:
 # --- running -----------------------------------------------------------------------------------
 
 
-def newest_status(root: Path, name: str) -> tuple[str | None, Path | None]:
-    """``(status, run directory)`` of the newest run of experiment ``name`` under ``root``."""
-    from mednext.runs import RESULTS, read_results
-
-    runs = sorted((root / name).glob(f"*/{RESULTS}"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        return None, None
-    return read_results(runs[-1].parent).get("status"), runs[-1].parent
-
-
 @dataclass
 class _Running:
     point: SweepPoint
@@ -306,10 +300,7 @@ class SweepRunner:
         }
 
     def _save(self) -> None:
-        from mednext.runs import write_json_atomic
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.folder / RECORD, self.record)
+        write_json(self.folder / RECORD, self.record)
 
     def _set(self, point: SweepPoint, **fields: Any) -> None:
         self.record["points"][point.name].update(fields)
@@ -429,10 +420,9 @@ def wandb_sweep_config(sweep: Sweep, extra: Sequence[str], config: Mapping[str, 
     metric as the objective, and a command that runs ``mednext train`` with the agent's
     ``key=value`` choices."""
     from datamodules import datamodule_class
-    from mednext.runs import MONITOR
 
-    kind = getattr(datamodule_class(config["data"]["name"]), "task", "segmentation")
-    metric = config["eval"]["monitor"] or MONITOR[kind]
+    kind = datamodule_class(config["data"]["name"]).task
+    metric = config["eval"]["monitor"] or TASKS[kind].monitor
     fixed = dict(sweep.overrides)
     for item in extra:
         key = item.split("=", 1)[0].strip()
@@ -446,7 +436,7 @@ def wandb_sweep_config(sweep: Sweep, extra: Sequence[str], config: Mapping[str, 
         "method": sweep.method,
         "metric": {
             "name": f"val/{metric}",
-            "goal": "minimize" if metric.startswith("hd95") else "maximize",
+            "goal": "minimize" if minimised(metric) else "maximize",
         },
         "parameters": parameters,
         "command": ["${env}", "mednext", "train", sweep.experiment, "${args_no_hyphens}"],
@@ -496,7 +486,7 @@ def sweep_command(args: argparse.Namespace, console: Any) -> int:
     config = check_points(sweep, points)
     if args.wandb_export:
         exported = wandb_sweep_config(sweep, args.overrides, config)
-        Path(args.wandb_export).write_text(yaml.safe_dump(exported, sort_keys=False))
+        write_text(Path(args.wandb_export), yaml.safe_dump(exported, sort_keys=False))
         print(
             f"wrote {args.wandb_export}: `wandb sweep {args.wandb_export}`, then `wandb agent <id>`"
         )
@@ -509,9 +499,7 @@ def sweep_command(args: argparse.Namespace, console: Any) -> int:
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
     runner = SweepRunner(sweep, points, root, args.parallel, devices, console)
     record = runner.run()
-    from mednext.runs import update_leaderboard
-
-    update_leaderboard(root, config, console)
+    refresh_leaderboard(root, leaderboard_dir(config), console)
     statuses = [p["status"] for p in record["points"].values()]
     summary = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
     print(f"sweep {sweep.name}: {summary}; record: {root / sweep.name / RECORD}")

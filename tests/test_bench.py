@@ -8,19 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from mednext.bench import (
+from mednext.bench.harness import MIB, cpu_peak_bytes
+from mednext.bench.parts import resolve_settings
+from mednext.bench.parts.images import (
     IMAGE_PARTS,
-    MIB,
     ImageNetwork,
     build_image_network,
-    build_monai,
-    build_ours,
-    cpu_peak_bytes,
     image_columns,
     image_complexity,
+)
+from mednext.bench.parts.mednext3d import (
+    build_monai,
+    build_ours,
     monai_arguments,
     monai_matches_official,
-    resolve_settings,
 )
 from mednext.cli import build_parser, main
 from mednext.models import build_model
@@ -65,7 +66,7 @@ def test_bench_writes_a_new_file_with_intro_and_the_s_row(tmp_path: Path) -> Non
     assert ours_params == monai_params
     assert "torch " in text and "MONAI " in text
     assert "--variants S --size 32" in text
-    assert not list(output.parent.glob(".*.tmp"))
+    assert not list(output.parent.glob(".*.tmp-*"))  # no temporary file of the atomic write
 
 
 def test_rerun_replaces_the_section_and_keeps_everything_else(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ and `mednext predict`."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -17,7 +16,7 @@ import torch
 from sklearn import metrics as skm
 
 from mednext.cli import main
-from mednext.tasks.common import lr_factor
+from mednext.tasks.optim import lr_factor
 
 METRIC_KEYS = {
     "acc",
@@ -30,45 +29,25 @@ METRIC_KEYS = {
 }
 
 
-def toy(root: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        "data.source=synthetic",
-        "data.image_size=64",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "model.width=8",
-        "model.depths=[1,1,1,1]",
-        "trainer.max_epochs=2",
-        "trainer.enable_model_summary=false",
-        "trainer.log_every_n_steps=1",
-        "optim.warmup_epochs=1",
-        "logger.wandb.mode=disabled",
-        f"output.root={root}",
-        f"data.cache_dir={cache}",
-        *extra,
-    ]
-
-
-def only_run(root: Path, experiment: str) -> Path:
-    runs = sorted((root / experiment).iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 @pytest.fixture(scope="module")
-def sarscov2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sarscov2_run(tmp_path_factory: pytest.TempPathFactory, toy_runs) -> Path:
     base = tmp_path_factory.mktemp("sarscov2")
-    assert main(["train", "sarscov2_mednext_lite_t", *toy(base / "runs", base / "cache")]) == 0
-    return only_run(base / "runs", "sarscov2_mednext_lite_t")
+    assert (
+        main(
+            [
+                "train",
+                "sarscov2_mednext_lite_t",
+                *toy_runs.overrides("image_folders", base / "runs", base / "cache"),
+            ]
+        )
+        == 0
+    )
+    return toy_runs.only_run(base / "runs", "sarscov2_mednext_lite_t")
 
 
 def test_train_writes_the_run_directory_with_every_classification_metric(
     sarscov2_run: Path,
+    toy_runs,
 ) -> None:
     for name in ("config.yaml", "split.json", "metrics.csv", "results.json"):
         assert (sarscov2_run / name).is_file(), name
@@ -84,7 +63,7 @@ def test_train_writes_the_run_directory_with_every_classification_metric(
     for stage in ("val", "test"):
         assert set(results["metrics"][stage]) == METRIC_KEYS
         assert all(0 <= v <= 1 for v in results["metrics"][stage].values())
-    logged = read_csv(sarscov2_run / "metrics.csv")
+    logged = toy_runs.read_csv(sarscov2_run / "metrics.csv")
     assert any(row.get("val/acc") for row in logged) and any(
         row.get("train/loss_epoch") for row in logged
     )
@@ -92,9 +71,10 @@ def test_train_writes_the_run_directory_with_every_classification_metric(
 
 def test_test_metrics_agree_with_scikit_learn_on_the_written_predictions(
     sarscov2_run: Path,
+    toy_runs,
 ) -> None:
     results = json.loads((sarscov2_run / "results.json").read_text())["metrics"]["test"]
-    rows = read_csv(sarscov2_run / "predictions" / "test_predictions.csv")
+    rows = toy_runs.read_csv(sarscov2_run / "predictions" / "test_predictions.csv")
     names = [key.removeprefix("p_") for key in rows[0] if key.startswith("p_")]
     split = json.loads((sarscov2_run / "split.json").read_text())
     assert sorted(row["path"] for row in rows) == sorted(
@@ -138,7 +118,7 @@ def test_mednext_test_reproduces_the_recorded_test_metrics(
 
 
 def test_predict_writes_probabilities_and_names_unreadable_images(
-    sarscov2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sarscov2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], toy_runs
 ) -> None:
     split = json.loads((sarscov2_run / "split.json").read_text())
     root = Path(split["root"])
@@ -155,7 +135,7 @@ def test_predict_writes_probabilities_and_names_unreadable_images(
     assert main(["predict", str(checkpoint), str(folder), "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "1 of" in error and "broken.png" in error and "Traceback" not in error
-    rows = read_csv(out / "predictions.csv")
+    rows = toy_runs.read_csv(out / "predictions.csv")
     assert sorted(row["path"] for row in rows) == sorted(map(str, images))
     names = [key.removeprefix("p_") for key in rows[0] if key.startswith("p_")]
     assert set(names) == {"COVID", "non-COVID"}
@@ -165,7 +145,8 @@ def test_predict_writes_probabilities_and_names_unreadable_images(
         assert row["prediction"] == names[int(np.argmax(probabilities))]
     # The CSV agrees with the test loader's predictions for the test images.
     tested = {
-        row["path"]: row for row in read_csv(sarscov2_run / "predictions" / "test_predictions.csv")
+        row["path"]: row
+        for row in toy_runs.read_csv(sarscov2_run / "predictions" / "test_predictions.csv")
     }
     by_name = {Path(row["path"]).relative_to(folder).as_posix(): row for row in rows}
     for path, row in tested.items():
@@ -180,11 +161,22 @@ def test_predict_writes_probabilities_and_names_unreadable_images(
     # covidct: enough synthetic patients that a patient-level split has every class everywhere.
     [("msld_mednext_lite_t", 12), ("covidct_mednext_lite_t", 40)],
 )
-def test_the_other_datasets_train_and_test(experiment: str, per_class: int, tmp_path: Path) -> None:
+def test_the_other_datasets_train_and_test(
+    experiment: str, per_class: int, tmp_path: Path, toy_runs
+) -> None:
     root = tmp_path / "runs"
     extra = ["trainer.max_epochs=1", f"data.synthetic_per_class={per_class}"]
-    assert main(["train", experiment, *toy(root, tmp_path / "cache", *extra)]) == 0
-    results = json.loads((only_run(root, experiment) / "results.json").read_text())
+    assert (
+        main(
+            [
+                "train",
+                experiment,
+                *toy_runs.overrides("image_folders", root, tmp_path / "cache", *extra),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((toy_runs.only_run(root, experiment) / "results.json").read_text())
     assert results["status"] == "completed"
     assert set(results["metrics"]["test"]) == METRIC_KEYS
 
@@ -206,7 +198,6 @@ def test_label_smoothing_reaches_the_loss() -> None:
         in_channels=3,
         num_classes=2,
         class_names=["a", "b"],
-        image_size=32,
         optim={},
         loss={"label_smoothing": 0.2},
     )
@@ -216,10 +207,10 @@ def test_label_smoothing_reaches_the_loss() -> None:
 
 
 def test_an_image_size_the_network_cannot_take_fails_before_any_run_directory(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toy_runs
 ) -> None:
     root = tmp_path / "runs"
-    arguments = toy(root, tmp_path / "cache", "data.image_size=100")
+    arguments = toy_runs.overrides("image_folders", root, tmp_path / "cache", "data.image_size=100")
     assert main(["train", "sarscov2_mednext_lite_t", *arguments]) == 2
     error = capsys.readouterr().err
     assert "data.image_size=100" in error and "multiples of 32" in error

@@ -27,7 +27,7 @@ from mednext.models.official import (
     load_official_cmunext,
 )
 
-# Official parameter counts, 3 input channels, 1 / 9 classes (DESIGN 4.3).
+# Official parameter counts, 3 input channels, 1 / 9 classes (docs/models.md).
 OFFICIAL_PARAMS = {
     ("S", 1): 417_505,
     ("S", 9): 417_577,

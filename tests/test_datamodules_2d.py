@@ -21,11 +21,16 @@ import pytest
 import torch
 
 from datamodules import DATAMODULES, build_datamodule
-from datamodules.acdc import TEST_PATIENTS, VAL_PATIENTS, ACDCSliceDataModule
-from datamodules.base import DataError
+from datamodules.acdc import TEST_PATIENTS, VAL_PATIENTS, ACDCSliceDataModule, write_acdc
+from datamodules.errors import DataError
 from datamodules.slices import SliceDataset, transunet_augment
-from datamodules.synapse import TRAINING_CASES, TRANSUNET_TEST_CASES, SynapseSliceDataModule
-from datamodules.synthetic import write_acdc, write_synapse, write_synapse2d
+from datamodules.synapse import (
+    TRAINING_CASES,
+    TRANSUNET_TEST_CASES,
+    SynapseSliceDataModule,
+    write_synapse,
+    write_synapse2d,
+)
 from mednext.cli import main
 
 IMAGE_SIZE = 24  # the synthetic slices are 32² in-plane: training zooms, evaluation does not
@@ -509,7 +514,7 @@ def test_prepare_through_the_cli_reports_and_writes_atomically(
     error = capsys.readouterr().err
     assert "2 problem(s)" in error and "label0010.nii.gz" in error and "img0021.nii.gz" in error
     assert "Traceback" not in error
-    assert not (tmp_path / "again").exists() and not list(tmp_path.glob(".again*"))
+    assert not (tmp_path / "again").exists() and not list(tmp_path.glob(".*.tmp-again"))
     assert main(["data", "prepare", "acdc", str(raw), str(tmp_path / "x")]) == 2
     assert "available: acdc2d, synapse2d" in capsys.readouterr().err
 

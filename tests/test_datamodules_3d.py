@@ -20,11 +20,17 @@ import torch
 
 import datamodules.volumes as volumes
 from datamodules import DATAMODULES, build_datamodule, datamodule_class
-from datamodules.acdc import TEST_PATIENTS, VAL_PATIENTS, ACDCVolumeDataModule
-from datamodules.base import DataError, kfold
-from datamodules.synapse import TRAINING_CASES, TRANSUNET_TEST_CASES, SynapseVolumeDataModule
-from datamodules.synthetic import write_acdc, write_synapse
-from datamodules.volumes import MANIFEST, preprocess_image, resample, restore_labels
+from datamodules.acdc import TEST_PATIENTS, VAL_PATIENTS, ACDCVolumeDataModule, write_acdc
+from datamodules.base import kfold
+from datamodules.errors import DataError
+from datamodules.preprocessing import preprocess_image, resample, restore_labels
+from datamodules.synapse import (
+    TRAINING_CASES,
+    TRANSUNET_TEST_CASES,
+    SynapseVolumeDataModule,
+    write_synapse,
+)
+from datamodules.volumes import MANIFEST
 
 SYNAPSE_PATCH = [32, 32, 32]
 ACDC_PATCH = [32, 32, 16]
@@ -361,7 +367,7 @@ def test_an_interrupted_build_is_never_trusted(
     with pytest.raises(KeyboardInterrupt):
         dm.prepare_data()
     assert not (dm.cache_path / MANIFEST).exists()
-    assert not list(dm.cache_path.glob(".*.tmp"))
+    assert not list(dm.cache_path.glob(".*.tmp-*"))
     with pytest.raises(DataError, match="call prepare_data"):
         dm.setup("fit")
     monkeypatch.setattr(volumes, "preprocess_case", real)

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from mednext.cli import main
-from mednext.leaderboard import HEADLINE, collect, pareto_front, write_leaderboard
+from mednext.leaderboard import collect, pareto_front, write_leaderboard
+from mednext.tasks import HEADLINE
 
 HOSTILE = '<script>alert("x")</script> & more'
 
@@ -252,7 +253,7 @@ def test_collect_of_a_missing_folder_is_a_file_not_found_error(tmp_path: Path) -
 
 
 def test_headline_metric_is_the_one_that_selects_best_ckpt() -> None:
-    from mednext.runs import MONITOR
+    from mednext.tasks import MONITOR
 
     assert {task: keys[0] for task, keys in HEADLINE.items()} == MONITOR
 
@@ -375,7 +376,7 @@ def test_plots_are_written_for_every_dataset_and_task(written: dict[str, Path]) 
     for name in plots:
         image = np.asarray(Image.open(written[name]).convert("L"), dtype=float)
         assert image.shape == (440, 640) and image.std() > 10, name
-    assert not list(written["index.html"].parent.rglob("*.partial"))
+    assert not list(written["index.html"].parent.rglob(".*.tmp-*"))
 
 
 def test_rewriting_drops_plots_of_datasets_without_runs(runs: Path, tmp_path: Path) -> None:

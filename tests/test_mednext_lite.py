@@ -27,7 +27,7 @@ def conv(c_in: int, c_out: int, k: int = 1, groups: int = 1) -> int:
 
 
 def block_parameters(c: int, r: int = 2, f: int = 4, k: int = 5, strips=(7, 11, 21)) -> int:
-    """One block counted from DESIGN 4.2, independently of the module code."""
+    """One block counted from the design brief (docs/models.md), not from the module code."""
     norms_and_scales = 3 * 2 * c + 3 * c
     laffn = conv(c, 1 + 2 * r * c) + conv(r * c, c)
     # W_u, W_a, W (value) and the output projection, the k×k and strip depthwise convs.
@@ -55,7 +55,8 @@ def test_classifier_parameters_follow_the_design(variant: str, num_classes: int)
     assert count == classifier_parameters(num_classes=num_classes, **PRESETS[variant])
 
 
-# DESIGN 4.2: a prototype of this design, 2-class classifier at 224² (params in M, MACs in G).
+# The design brief (docs/models.md): a prototype of this design, 2-class classifier at 224²
+# (params in M, MACs in G).
 PROTOTYPE = {"T": (4.3, 0.70), "S": (11.0, 1.8), "B": (22.0, 3.6)}
 
 

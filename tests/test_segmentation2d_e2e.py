@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from datamodules.synthetic import write_synapse
+from datamodules.synapse import write_synapse
 from mednext.cli import main
 from mednext.tasks.segmentation import SegmentationTask
 
@@ -29,34 +29,22 @@ SYNAPSE_ORGANS = (
 )
 
 
-def toy(root: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        "data.source=synthetic",
-        "data.image_size=64",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "trainer.max_epochs=1",
-        "trainer.enable_model_summary=false",
-        "trainer.log_every_n_steps=1",
-        "logger.wandb.mode=disabled",
-        f"output.root={root}",
-        f"data.cache_dir={cache}",
-        *extra,
-    ]
-
-
-def only_run(root: Path, experiment: str) -> Path:
-    runs = sorted((root / experiment).iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
 def test_synapse2d_cmunext_trains_on_slices_and_tests_volumes_by_transunet_rules(
     tmp_path: Path,
+    toy_runs,
 ) -> None:
     root = tmp_path / "runs"
-    assert main(["train", "synapse2d_cmunext_s", *toy(root, tmp_path / "cache")]) == 0
-    run = only_run(root, "synapse2d_cmunext_s")
+    assert (
+        main(
+            [
+                "train",
+                "synapse2d_cmunext_s",
+                *toy_runs.overrides("slices", root, tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
+    run = toy_runs.only_run(root, "synapse2d_cmunext_s")
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["model"] == {"name": "cmunext", "variant": "S"}
@@ -96,10 +84,15 @@ def test_synapse2d_cmunext_trains_on_slices_and_tests_volumes_by_transunet_rules
         ("synapse2d_mednext_s", ("model.width=4", "data.num_val_cases=2")),
     ],
 )
-def test_other_2d_networks_with_validation(experiment: str, extra: tuple[str, ...], tmp_path):
+def test_other_2d_networks_with_validation(
+    experiment: str, extra: tuple[str, ...], tmp_path, toy_runs
+):
     root = tmp_path / "runs"
-    assert main(["train", experiment, *toy(root, tmp_path / "cache", *extra)]) == 0
-    run = only_run(root, experiment)
+    assert (
+        main(["train", experiment, *toy_runs.overrides("slices", root, tmp_path / "cache", *extra)])
+        == 0
+    )
+    run = toy_runs.only_run(root, experiment)
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed"
     assert "dice_mean" in results["metrics"]["val"] and "dice_mean" in results["metrics"]["test"]

@@ -17,41 +17,16 @@ import torch
 
 from mednext.cli import main
 from mednext.models.mednext import upkern
-from mednext.runs import initialise_weights, network_state
+from mednext.runs.train import initialise_weights, network_state
 from mednext.tasks.segmentation import SegmentationTask
 
 
-def toy(root: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        "data.source=synthetic",
-        "data.patch_size=[32,32,16]",
-        "data.spacing=[2,2,4]",
-        "data.num_workers=0",
-        "data.iterations_per_epoch=2",
-        "model.width=4",
-        "trainer.max_epochs=2",
-        "trainer.check_val_every_n_epoch=1",
-        "trainer.enable_model_summary=false",
-        "trainer.log_every_n_steps=1",
-        "eval.mirror_tta=false",
-        "logger.wandb.mode=disabled",
-        f"output.root={root}",
-        f"data.cache_dir={cache}",
-        *extra,
-    ]
-
-
-def only_run(root: Path, experiment: str) -> Path:
-    runs = sorted((root / experiment).iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
 @pytest.fixture(scope="module")
-def synapse_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synapse_run(tmp_path_factory: pytest.TempPathFactory, toy_runs) -> Path:
     base = tmp_path_factory.mktemp("synapse")
-    assert main(["train", "synapse_mednext_s", *toy(base / "runs", base / "cache")]) == 0
-    return only_run(base / "runs", "synapse_mednext_s")
+    toy = toy_runs.overrides("volumes", base / "runs", base / "cache")
+    assert main(["train", "synapse_mednext_s", *toy]) == 0
+    return toy_runs.only_run(base / "runs", "synapse_mednext_s")
 
 
 def test_train_writes_the_run_directory_of_the_design(synapse_run: Path) -> None:
@@ -176,13 +151,14 @@ def test_upkern_initialisation_from_a_kernel3_run(synapse_run: Path, tmp_path: P
     assert task.net.encoder[0][0].conv1.weight.shape[-1] == 5
 
 
-def test_acdc_train_and_test_on_the_synthetic_layout(tmp_path: Path) -> None:
+def test_acdc_train_and_test_on_the_synthetic_layout(tmp_path: Path, toy_runs) -> None:
     assert (
         main(
             [
                 "train",
                 "acdc_mednext_s",
-                *toy(
+                *toy_runs.overrides(
+                    "volumes",
                     tmp_path / "runs",
                     tmp_path / "cache",
                     "data.patch_size=[32,32,16]",
@@ -192,7 +168,7 @@ def test_acdc_train_and_test_on_the_synthetic_layout(tmp_path: Path) -> None:
         )
         == 0
     )
-    run = only_run(tmp_path / "runs", "acdc_mednext_s")
+    run = toy_runs.only_run(tmp_path / "runs", "acdc_mednext_s")
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed" and results["dataset"] == "acdc"
     assert {"dice/right_ventricle", "dice/myocardium", "dice/left_ventricle"} <= set(
@@ -202,8 +178,12 @@ def test_acdc_train_and_test_on_the_synthetic_layout(tmp_path: Path) -> None:
     assert "patient002_ED" in split["test"] and "patient019_ES" in split["val"]
 
 
-def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    arguments = toy(tmp_path / "runs", tmp_path / "cache", "trainer.max_epochs=3")
+def test_ctrl_c_leaves_a_resumable_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toy_runs
+) -> None:
+    arguments = toy_runs.overrides(
+        "volumes", tmp_path / "runs", tmp_path / "cache", "trainer.max_epochs=3"
+    )
     original = SegmentationTask.training_step
 
     def interrupted_in_epoch_two(self, batch, batch_idx):  # the user's Ctrl-C, mid-epoch
@@ -213,13 +193,13 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(SegmentationTask, "training_step", interrupted_in_epoch_two)
     assert main(["train", "synapse_mednext_s", *arguments]) == 130
-    run = only_run(tmp_path / "runs", "synapse_mednext_s")
+    run = toy_runs.only_run(tmp_path / "runs", "synapse_mednext_s")
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "interrupted" and results["epochs"] == 1
     assert (run / "checkpoints" / "last.ckpt").is_file()
     monkeypatch.setattr(SegmentationTask, "training_step", original)
     assert main(["train", "synapse_mednext_s", *arguments, "resume=true"]) == 0
-    assert only_run(tmp_path / "runs", "synapse_mednext_s") == run
+    assert toy_runs.only_run(tmp_path / "runs", "synapse_mednext_s") == run
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed" and results["epochs"] == 3
     assert not math.isnan(results["metrics"]["test"]["dice_mean"])
@@ -230,13 +210,15 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, monkeypatch: pytest.Monke
     assert epochs == {"0", "1", "2"}
 
 
-def test_resume_without_a_previous_run_says_so(tmp_path: Path, capsys) -> None:
+def test_resume_without_a_previous_run_says_so(tmp_path: Path, capsys, toy_runs) -> None:
     assert (
         main(
             [
                 "train",
                 "synapse_mednext_s",
-                *toy(tmp_path / "runs", tmp_path / "cache", "resume=true"),
+                *toy_runs.overrides(
+                    "volumes", tmp_path / "runs", tmp_path / "cache", "resume=true"
+                ),
             ]
         )
         == 2
@@ -267,13 +249,15 @@ def test_missing_dataset_says_where_it_looked_and_how_to_dry_run(tmp_path: Path,
 
 
 def test_wandb_offline_run_is_kept_inside_the_run_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toy_runs
 ) -> None:
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    arguments = toy(tmp_path / "runs", tmp_path / "cache", "trainer.max_epochs=1")
+    arguments = toy_runs.overrides(
+        "volumes", tmp_path / "runs", tmp_path / "cache", "trainer.max_epochs=1"
+    )
     assert main(["train", "synapse_mednext_s", *arguments, "logger.wandb.mode=offline"]) == 0
-    run = only_run(tmp_path / "runs", "synapse_mednext_s")
+    run = toy_runs.only_run(tmp_path / "runs", "synapse_mednext_s")
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline
     assert not (tmp_path / "wandb").exists()

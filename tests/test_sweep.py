@@ -184,7 +184,7 @@ def test_two_point_sweep_records_both_isolates_the_failure_and_skips_completed_p
 def test_sweep_point_names_make_valid_wandb_run_ids(tmp_path: Path) -> None:
     from wandb.sdk.wandb_settings import Settings
 
-    from mednext.runs import wandb_run_id
+    from mednext.runs.train import wandb_run_id
 
     point = expand(load_sweep("synapse_mednext_width_depth_kernel"))[0]
     name = point.overrides[-1].split("=", 1)[1]

@@ -1,4 +1,4 @@
-"""TransUNet's per-case DSC/HD95 (DESIGN 7) against values computed by hand."""
+"""TransUNet's per-case DSC/HD95 (docs/evaluation.md) against values computed by hand."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ class ModelFamily:
             complexity figures).
         input_size: default spatial size of the complexity table (the papers' input).
         paper_convention: how the paper counted FLOPs (see ``mednext.models.complexity``).
+        spatial_dims: the networks' spatial dimensions unless ``spatial_dims`` says otherwise.
     """
 
     name: str
@@ -40,6 +41,7 @@ class ModelFamily:
     reference: Mapping[str, Any] = field(default_factory=dict)
     input_size: int = 128
     paper_convention: str = "fvcore"
+    spatial_dims: int = 2
 
 
 _REGISTRY: dict[str, ModelFamily] = {}
@@ -78,10 +80,11 @@ register_model(
             for kernel in (3, 5)
             for variant in mednext.PRESETS
         },
-        # The configuration of the official parameter counts and published FLOPs (DESIGN 4.1).
+        # The configuration of the official parameter counts and published FLOPs (docs/models.md).
         reference={"in_channels": 1, "num_classes": 14, "deep_supervision": True},
         input_size=128,
         paper_convention="fvcore",
+        spatial_dims=3,
     )
 )
 
@@ -92,7 +95,7 @@ register_model(
         constructor=mednext_lite.MedNeXtLite,
         presets=mednext_lite.PRESETS,
         catalog={variant: {"variant": variant} for variant in mednext_lite.PRESETS},
-        # DESIGN 4.2's complexity figures: a 2-class classifier at 3×224².
+        # The design's complexity figures (docs/models.md): a 2-class classifier at 3×224².
         reference={"in_channels": 3, "num_classes": 2},
         input_size=224,
         paper_convention="thop",

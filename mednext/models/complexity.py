@@ -1,4 +1,5 @@
-"""Parameter and FLOP counts, in both conventions of the suite (DESIGN 4.4).
+"""Parameter and FLOP counts, in both conventions of the suite (docs/models.md, "Complexity
+conventions").
 
 - ``flops``: what ``torch.utils.flop_counter.FlopCounterMode`` counts, 2 per multiply-add of
   convolutions and matrix products.
@@ -19,6 +20,7 @@ figures of the largest presets take well under a second.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 # fvcore's norm_flop_counter: "5 is just a rough estimate" per element of an affine norm.
@@ -150,22 +153,38 @@ def _thop_macs(model: nn.Module) -> tuple[list[int], list[Any]]:
 
 
 def measure(
-    model: nn.Module, input_shape: Sequence[int], paper_convention: str = "fvcore"
+    model: nn.Module,
+    input_shape: Sequence[int],
+    paper_convention: str = "fvcore",
+    training: bool | None = None,
 ) -> Complexity:
     """Count parameters and FLOPs of one forward pass of ``model`` on ``input_shape`` (batch
-    included). The model may live on the meta device; it is run in its current train/eval mode."""
+    included), in train mode (``training=True``), eval mode (``False``) or the model's current
+    mode (``None``); the model's mode is restored afterwards.
+
+    The pass runs on the meta device whatever device the model lives on: the model itself is
+    called with meta stand-ins for its parameters and buffers (``torch.func.functional_call``), so
+    nothing is computed or allocated, the model is not copied, and a model built for training is
+    counted as it is. An input the network refuses raises the network's own ``ValueError``."""
     if paper_convention not in _PAPER_CONVENTIONS:
         raise ValueError(
             f"unknown FLOP convention {paper_convention!r}; known: {', '.join(_PAPER_CONVENTIONS)}"
         )
-    device = next(model.parameters()).device
-    x = torch.empty(tuple(input_shape), device=device)
+    stand_ins = {
+        name: torch.empty_like(tensor, device="meta")
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())
+    }
+    x = torch.empty(tuple(input_shape), device="meta")
     counted, handles = (_thop_macs if paper_convention == "thop" else _norm_elements)(model)
     counter = FlopCounterMode(display=False)
+    was_training = model.training
+    if training is not None:
+        model.train(training)
     try:
         with torch.no_grad(), counter:
-            model(x)
+            functional_call(model, stand_ins, (x,))
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
     flops = counter.get_total_flops()
@@ -191,8 +210,7 @@ def measure_registered(name: str, size: int | None = None, **kwargs: Any) -> Com
     arguments = {**family.reference, **kwargs}
     with torch.device("meta"):
         model = build_model(name, **arguments)
-    spatial_dims = getattr(model, "spatial_dims", 2)
-    in_channels = getattr(model, "in_channels", arguments.get("in_channels", 3))
+    spatial_dims = arguments.get("spatial_dims", family.spatial_dims)
     size = family.input_size if size is None else size
-    shape = (1, in_channels) + (size,) * spatial_dims
+    shape = (1, arguments["in_channels"]) + (size,) * spatial_dims
     return measure(model, shape, family.paper_convention)

@@ -3,8 +3,8 @@
 Only the paper's abstract is public: three modules — a Linear-Attention FFN (LAFFN), a Spatial
 Encoding Module (SEM) and a Smooth DwConv FFN (SDFFN) — built solely from large-kernel
 convolutions and MLPs, used as the backbone of a classifier and of a U-shaped segmenter. Every
-module below is INFERRED from the closest published design (DESIGN 4.2; docs/models.md lists each
-choice with its source):
+module below is INFERRED from the closest published design (the design brief of docs/models.md,
+which lists each choice with its source):
 
 - LAFFN: MobileViTv2's separable linear self-attention (Mehta & Rastegari 2022) inside an FFN;
 - SEM: SegNeXt's multi-scale convolutional attention (Guo et al. 2022) gated by a linear value
@@ -76,7 +76,7 @@ class SpatialEncodingModule(nn.Module):
         )
         self.mix = nn.Conv2d(channels, channels, 1)
         self.value = nn.Conv2d(channels, channels, 1)
-        # DESIGN 4.2 writes out = W(x) ⊙ W_a(a); its prototype's figures (T 4.3 M parameters,
+        # The design brief writes out = W(x) ⊙ W_a(a); its prototype's figures (T 4.3 M parameters,
         # 0.70 G MACs; S 11 M, 1.8 G; B 22 M, 3.6 G) are reproduced only with the output
         # projection that SegNeXt (proj_2) and Conv2Former (proj) both have.
         self.proj = nn.Conv2d(channels, channels, 1)
@@ -387,13 +387,13 @@ class MedNeXtLiteUNet(nn.Module):
         return [logits, *(head(level) for head, level in zip(self.aux_heads, coarser, strict=True))]
 
 
-#: Presets (DESIGN 4.2): stage widths width·(1, 2, 4, 8) and blocks per stage.
+#: Presets (the design brief, docs/models.md): stage widths width·(1, 2, 4, 8) and blocks per stage.
 PRESETS: dict[str, dict[str, Any]] = {
     "T": dict(width=32, depths=(2, 2, 4, 2)),
     "S": dict(width=48, depths=(2, 2, 6, 2)),
     "B": dict(width=64, depths=(2, 2, 8, 2)),
 }
-#: The segmenter is published for the two smaller backbones only (DESIGN 4.2, issue 5).
+#: The segmenter is built on the two smaller backbones only (docs/models.md).
 SEGMENTER_PRESETS: dict[str, dict[str, Any]] = {k: PRESETS[k] for k in ("T", "S")}
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from mednext.files import atomic_write
+
 StateDict = dict[str, torch.Tensor]
 
 # Official name -> ours, one table for both directions: module prefixes (index = resolution
@@ -284,11 +286,9 @@ def infer_cmunext_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, An
     }
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
+def _save(obj: Any, path: Path) -> None:
+    with atomic_write(path, "wb") as stream:
+        torch.save(obj, stream)
 
 
 def convert_command(fmt: str, source: str, destination: str) -> int:
@@ -304,7 +304,7 @@ def convert_command(fmt: str, source: str, destination: str) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"mednext convert: {error}", file=sys.stderr)
         return 2
-    _atomic_save(state, Path(destination))
+    _save(state, Path(destination))
     count = sum(v.numel() for v in state.values())
     print(f"wrote {destination}: {len(state)} tensors, {count:,} values")
     arguments = ", ".join(f"{k}={v!r}" for k, v in infer_config(state).items())

@@ -1,9 +1,9 @@
 """Per-case evaluation protocols.
 
-- ``volume_case_metrics``: the 3D protocol (DESIGN 7): DSC and HD95 in mm per foreground class of
-  one case, computed with MONAI, with the empty-structure cases decided explicitly rather than
-  left to NaN handling downstream (MONAI's HD95 of an empty mask is NaN, and its ``aggregate``
-  silently drops such cases).
+- ``volume_case_metrics``: the 3D protocol (docs/evaluation.md): DSC and HD95 in mm per foreground
+  class of one case, computed with MONAI, with the empty-structure cases decided explicitly rather
+  than left to NaN handling downstream (MONAI's HD95 of an empty mask is NaN, and its
+  ``aggregate`` silently drops such cases).
 - ``transunet_case_metrics``: the 2D Synapse/ACDC protocol of TransUNet and MT-UNet, whose
   published numbers depend on its exact semantics: medpy's DSC and HD95 (voxel units, the 95th
   percentile of BOTH directed surface-distance sets pooled, which MONAI's symmetric HD95 — the

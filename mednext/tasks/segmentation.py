@@ -12,28 +12,21 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
-from scipy import ndimage
 from torch import nn
 
-from mednext.tasks.common import (
-    PreprocessingRecord,
-    build_network,
-    configure_optimizers,
-    gather_rows,
-    write_rows_csv,
-)
+from datamodules.preprocessing import IMAGE_ZOOM_ORDER, zoom_to
+from mednext.tasks.base import EvaluationTask
 from mednext.tasks.evaluation import transunet_case_metrics, volume_case_metrics
 
-# MedNeXt's deep-supervision weights (DESIGN 4.1): 1/2**i for the five outputs, normalised.
+# MedNeXt's deep-supervision weights (docs/models.md, official training recipe): 1/2**i for
+# the five outputs, normalised.
 _DS_LEVELS = 5
 
 
@@ -98,44 +91,44 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-class SegmentationTask(PreprocessingRecord, L.LightningModule):
+class SegmentationTask(EvaluationTask):
     """Train and evaluate a registry segmentation network.
 
-    Args:
-        model: registry arguments (``name``, ``variant``, options); ``in_channels`` and
-            ``num_classes`` come from the dataset.
-        in_channels, num_classes, class_names: from the DataModule (background first).
+    Args (besides ``EvaluationTask``'s; ``class_names`` background first):
         patch_size: training patch and sliding-window size.
         spacing: voxel size in mm of the model grid (HD95 in mm).
-        optim, loss, evaluation: the ``optim``, ``loss`` and ``eval`` configuration groups.
-        log_images: log an overlay of the first validation case per evaluation.
-        protocol: ``volume`` (sliding window over whole cases, DSC and HD95 in mm, DESIGN 7 3D)
-            or ``transunet`` (2D networks on ``(D, H, W)`` volumes slice by slice: each slice
-            zoomed to ``patch_size`` with order 3, the prediction back with order 0; TransUNet's
-            per-case DSC and HD95 in voxels, ``transunet_case_metrics``).
+        evaluation: the ``eval`` configuration group.
+        protocol: ``volume`` (sliding window over whole cases, DSC and HD95 in mm;
+            docs/evaluation.md) or ``transunet`` (2D networks on ``(D, H, W)`` volumes slice by
+            slice: each slice zoomed to ``patch_size`` with order 3, the prediction back with
+            order 0; TransUNet's per-case DSC and HD95 in voxels, ``transunet_case_metrics``).
+
+    With ``log_images`` the overlay of the first case of each evaluation is saved and logged.
     """
 
     task_kind = "segmentation"
+    LOSSES = ("dice_ce",)
+    ROW_KEY = "case_id"
 
     def __init__(
         self,
         model: Mapping[str, Any],
         in_channels: int,
         num_classes: int,
-        class_names: Sequence[str],
         patch_size: Sequence[int],
         spacing: Sequence[float],
+        class_names: Sequence[str],
         optim: Mapping[str, Any],
         loss: Mapping[str, Any],
         evaluation: Mapping[str, Any],
         log_images: bool = True,
         protocol: str = "volume",
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = build_network(model, in_channels, num_classes)
+        super().__init__(model, in_channels, num_classes, class_names, optim, loss, log_images)
         self.spatial_dims = len(patch_size)
-        self.class_names = list(class_names)
+
+    def build_task(self, loss: Mapping[str, Any]) -> None:
+        """MONAI's Dice + CE on every deep-supervision output, weighted."""
         weights = loss.get("ds_weights") or default_ds_weights()
         self.criterion = DeepSupervisionLoss(
             DiceCELoss(
@@ -148,16 +141,16 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
             ),
             weights,
         )
-        # Set by whoever runs the task (the CLI): where per-case tables and overlays go.
-        self.output_dir: Path | None = None
-        # What predict needs to reproduce the preprocessing; filled from the DataModule.
-        self.preprocessing: dict[str, Any] = {}
-        self._rows: list[dict[str, Any]] = []
-        # The latest evaluation: {"stage", "summary", "cases"}; read by the run's callbacks.
-        self.last_evaluation: dict[str, Any] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        return self.net(x)
+    @classmethod
+    def from_experiment(cls, config: Mapping[str, Any], datamodule: Any) -> SegmentationTask:
+        return cls(
+            **cls.experiment_arguments(config, datamodule),
+            patch_size=list(datamodule.input_size),
+            spacing=list(datamodule.spacing),
+            evaluation=config["eval"],
+            protocol=datamodule.evaluation,
+        )
 
     # --- training --------------------------------------------------------------------------
 
@@ -173,9 +166,6 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
             batch_size=len(batch["image"]),
         )
         return loss
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self, self.hparams.optim)
 
     # --- evaluation ------------------------------------------------------------------------
 
@@ -202,28 +192,19 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
         segmented, and its labels zoomed back to ``(H, W)`` (order 0). Slices go through the
         network ``eval.sw_batch_size`` at a time."""
         image = volume.float().cpu().numpy()
-        height, width = image.shape[1:]
         size = tuple(self.hparams.patch_size)
-        factors = (size[0] / height, size[1] / width)
-        resized = (height, width) != size
         labels = np.zeros(image.shape, dtype=np.int64)
         chunk = max(1, int(self.hparams.evaluation["sw_batch_size"]))
         for start in range(0, len(image), chunk):
-            slices = [
-                ndimage.zoom(s, factors, order=3) if resized else s
-                for s in image[start : start + chunk]
-            ]
+            slices = [zoom_to(s, size, IMAGE_ZOOM_ORDER) for s in image[start : start + chunk]]
             x = torch.from_numpy(np.stack(slices)[:, None]).to(self.device)
             predicted = self.net(x).argmax(dim=1).cpu().numpy()
             for offset, labels_2d in enumerate(predicted):
-                labels[start + offset] = (
-                    ndimage.zoom(labels_2d, (1 / factors[0], 1 / factors[1]), order=0)
-                    if resized
-                    else labels_2d
-                )
+                labels[start + offset] = zoom_to(labels_2d, image.shape[1:], order=0)
         return torch.from_numpy(labels)
 
-    def _evaluate_case(self, batch: Mapping[str, Any], stage: str, batch_idx: int) -> None:
+    def evaluate_batch(self, batch: Mapping[str, Any], stage: str, batch_idx: int) -> None:
+        """One whole case (batch size 1): per foreground class its DSC and HD95, as a row."""
         if self.hparams.protocol == "transunet":
             # (1, D, H, W) volumes; the overlay wants the slice axis last.
             label = batch["label"][0]
@@ -252,19 +233,7 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
         if batch_idx == 0 and self.hparams.log_images:
             self._log_overlay(image, label, prediction, stage, case_ids[0])
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate_case(batch, "val", batch_idx)
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate_case(batch, "test", batch_idx)
-
-    def on_validation_epoch_start(self) -> None:
-        self._rows = []
-
-    def on_test_epoch_start(self) -> None:
-        self._rows = []
-
-    def summarise(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def summarise(self, stage: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Mean over cases per class (NaN-aware), then over classes: ``dice_mean``,
         ``hd95_mean``, ``dice/<class>``, ``hd95/<class>``."""
         summary: dict[str, float] = {}
@@ -277,26 +246,8 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
             summary[f"{metric}_mean"] = _nanmean(per_class)
         return summary
 
-    def _finish_evaluation(self, stage: str) -> dict[str, float]:
-        rows = gather_rows(self._rows, "case_id")
-        summary = self.summarise(rows)
-        for key, value in summary.items():
-            # Identical on every rank after the gather: the mean over ranks changes nothing.
-            self.log(f"{stage}/{key}", value, sync_dist=True)
-        if self.output_dir is not None and self.global_rank == 0:
-            columns = list(rows[0]) if rows else ["case_id"]
-            write_rows_csv(rows, self.output_dir / f"{stage}_cases.csv", columns)
-        self.last_evaluation = {"stage": stage, "summary": summary, "cases": rows}
-        return summary
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self._rows = []
-            return
-        self._finish_evaluation("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_evaluation("test")
+    def rows_file(self, stage: str, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
+        return f"{stage}_cases.csv", list(rows[0]) if rows else [self.ROW_KEY]
 
     def _log_overlay(
         self,
@@ -317,10 +268,4 @@ class SegmentationTask(PreprocessingRecord, L.LightningModule):
             self.hparams.num_classes,
             title=f"{stage} {case_id} (epoch {self.current_epoch})",
         )
-        if self.output_dir is not None and self.global_rank == 0:
-            from mednext.plots import save_png
-
-            save_png(picture, self.output_dir / "predictions" / f"{stage}_{case_id}_overlay.png")
-        for logger in self.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key=f"{stage}/overlay", images=[picture], caption=[case_id])
+        self.log_figure(picture, f"{stage}_{case_id}_overlay.png", f"{stage}/overlay", case_id)
