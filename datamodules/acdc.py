@@ -147,6 +147,8 @@ class ACDCVolumeDataModule(VolumeDataModule):
     title = "ACDC"
     modality = "MR"
     CLASS_NAMES = CLASS_NAMES
+    DOWNLOAD = DOWNLOAD
+    LAYOUT = LAYOUT
     EXAMPLE_EXPERIMENT = "acdc_mednext_s"
     # Short-axis stacks are oblique to the body axes: the closest RAS axis of the slice direction
     # can differ between patients, which would resample one patient's 5–10 mm slice axis to the

@@ -243,9 +243,11 @@ class SuiteDataModule(L.LightningDataModule):
       kept in every checkpoint);
     - ``split`` after ``setup`` and ``write_split``.
 
-    A subclass sets ``Config``, ``title``, ``CLASS_NAMES``, ``EXAMPLE_EXPERIMENT`` and implements
-    ``prepare_dataset`` (validate, cache), ``setup``, the loaders, ``synthetic_name``,
-    ``split_record`` and the class method ``write_synthetic`` (the dataset's fake copy).
+    A mechanism sets ``task``, ``evaluation``, ``spatial_dims``, ``INPUT_SIZE_KEY`` and
+    ``input_size`` and implements ``prepare_dataset`` (validate, cache), ``setup``, the loaders,
+    ``preprocessing`` and ``split_record``; a dataset sets ``Config``, ``title``, ``CLASS_NAMES``,
+    ``DOWNLOAD``, ``LAYOUT``, ``EXAMPLE_EXPERIMENT`` and implements the class method
+    ``write_synthetic`` (its fake copy; ``synthetic_options`` say what the config changes in it).
     """
 
     Config: ClassVar[type[DataConfig]] = DataConfig

@@ -431,6 +431,8 @@ class BrainDemoDataModule(VolumeDataModule):
     title = "brain_demo"
     modality = "MR"
     CLASS_NAMES = CLASS_NAMES
+    DOWNLOAD = "nothing: the subjects are made from the MNI template inside the nilearn wheel"
+    LAYOUT = "  <root>/imagesTr/brain_000.nii.gz ..., labelsTr/, split.json, dataset.json"
     EXAMPLE_EXPERIMENT = "brain_demo_mednext_s"
 
     @property

@@ -134,6 +134,8 @@ class SynapseVolumeDataModule(VolumeDataModule):
     title = "Synapse"
     modality = "CT"
     CLASS_NAMES = CLASS_NAMES
+    DOWNLOAD = DOWNLOAD
+    LAYOUT = LAYOUT
     EXAMPLE_EXPERIMENT = "synapse_mednext_s"
 
     def __init__(self, config: Config | None = None, seed: int = 0) -> None:
