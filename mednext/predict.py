@@ -12,7 +12,7 @@ experiment file nor the dataset.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -40,13 +40,16 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def nifti_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given, folders expanded to the NIfTI files inside (sorted)."""
+def expand_inputs(
+    inputs: Sequence[Path], in_folder: Callable[[Path], list[Path]], what: str
+) -> list[Path]:
+    """Files as given, folders replaced by ``in_folder(folder)``; one ``FileNotFoundError``
+    naming every missing input, or saying that there is no ``what`` at all."""
     files: list[Path] = []
     missing = []
     for path in inputs:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and _is_nifti(p))
+            files += in_folder(path)
         elif path.is_file():
             files.append(path)
         else:
@@ -54,8 +57,17 @@ def nifti_inputs(inputs: Sequence[Path]) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"input not found: {', '.join(missing)}")
     if not files:
-        raise FileNotFoundError(f"no NIfTI files (.nii, .nii.gz) in {', '.join(map(str, inputs))}")
+        raise FileNotFoundError(f"no {what} in {', '.join(map(str, inputs))}")
     return files
+
+
+def nifti_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given, folders expanded to the NIfTI files inside (sorted)."""
+    return expand_inputs(
+        inputs,
+        lambda folder: sorted(p for p in folder.iterdir() if p.is_file() and _is_nifti(p)),
+        "NIfTI files (.nii, .nii.gz)",
+    )
 
 
 def output_name(path: Path) -> str:
@@ -166,21 +178,13 @@ PREDICTIONS_CSV = "predictions.csv"
 def image_inputs(inputs: Sequence[Path]) -> list[Path]:
     """Image files as given, folders expanded to every image below them (any depth, junk such
     as ``.DS_Store`` and ``Thumbs.db`` left out), in order."""
-    files: list[Path] = []
-    missing = []
-    for path in inputs:
-        if path.is_dir():
-            for folder in subfolders(path, depth=64):
-                files += list_images(folder)
-        elif path.is_file():
-            files.append(path)
-        else:
-            missing.append(str(path))
-    if missing:
-        raise FileNotFoundError(f"input not found: {', '.join(missing)}")
-    if not files:
-        raise FileNotFoundError(f"no images in {', '.join(map(str, inputs))}")
-    return files
+    return expand_inputs(
+        inputs,
+        lambda folder: [
+            image for sub in subfolders(folder, depth=64) for image in list_images(sub)
+        ],
+        "images",
+    )
 
 
 @torch.no_grad()
