@@ -39,7 +39,8 @@ from datamodules.releases import (
     write_list,
 )
 from datamodules.slices import SliceConfig, SliceDataModule
-from datamodules.volumes import CaseFiles, VolumeConfig, VolumeDataModule, check_case
+from datamodules.volume_cache import CaseFiles, check_case
+from datamodules.volumes import VolumeConfig, VolumeDataModule
 from mednext.progress import progress_bar
 
 CLASS_NAMES = ("background", "right_ventricle", "myocardium", "left_ventricle")

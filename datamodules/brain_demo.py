@@ -34,7 +34,8 @@ from scipy.spatial.transform import Rotation
 
 from datamodules.base import kfold
 from datamodules.errors import DataError
-from datamodules.volumes import CaseFiles, VolumeConfig, VolumeDataModule
+from datamodules.volume_cache import CaseFiles
+from datamodules.volumes import VolumeConfig, VolumeDataModule
 from mednext.files import atomic_path, write_json
 from mednext.progress import progress_bar
 

@@ -36,7 +36,8 @@ from datamodules.releases import (
     write_list,
 )
 from datamodules.slices import SliceConfig, SliceDataModule
-from datamodules.volumes import CaseFiles, VolumeConfig, VolumeDataModule, check_case
+from datamodules.volume_cache import CaseFiles, check_case
+from datamodules.volumes import VolumeConfig, VolumeDataModule
 from mednext.progress import progress_bar
 
 #: BTCV label ids 1..13 (the challenge's label table), index 0 background.

@@ -1,234 +1,38 @@
-"""3D volumes: validation, preprocessing into a cache, and the DataModule of the 3D sets.
+"""3D volumes: the DataModule of the 3D sets (raw NIfTI as downloaded → cache → patches and whole
+cases), following nnU-Net v2 (Isensee et al., Nature Methods 2021; MIC-DKFZ/nnUNet).
 
-The pipeline follows nnU-Net v2 (Isensee et al., Nature Methods 2021; MIC-DKFZ/nnUNet):
-
-1. Validate every raw case (readable, 3D, image and label on the same grid, label values in
-   range) and report every problem in one ``DataError``.
-2. Preprocess once into a cache (``datamodules.preprocessing``): reorient to the closest RAS
-   axes (nibabel; a dataset of oblique stacks may keep its voxel axes instead), normalise (CT:
-   clip to the 0.5/99.5 percentiles of the training cases' foreground intensities, then z-score
-   with their foreground mean and std; MR: per-case z-score), resample to the target spacing
-   (image cubic spline, label nearest; scipy), store ``.npy`` (image float32 (C, X, Y, Z), label
-   uint8 (X, Y, Z)) for memory-mapped patch reads, plus per class a sample of foreground voxel
-   positions for oversampling (nnU-Net's ``class_locations``).
-3. Train on random patches, validate and test on whole cases (``datamodules.patches``).
-
-A manifest beside the cached cases records the preprocessing parameters and every input file
-(path, size, modification time); the cache is reused while both are unchanged and rebuilt
-otherwise. The manifest is written last and removed first, every file is written to a temporary
-name and renamed into place: an interrupted build is never mistaken for a complete one.
+Validation and the preprocessing cache are ``datamodules.volume_cache``; the training patches and
+their augmentation ``datamodules.patches`` and ``datamodules.augmentation``; what prediction
+repeats ``datamodules.preprocessing``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import shutil
-import time
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 from torch.utils.data import DataLoader
 
-from datamodules.base import DataConfig, SuiteDataModule, label_value_problem, size_problems
-from datamodules.errors import DataError, problem_report
-from datamodules.patches import CachedCase, CaseDataset, PatchDataset
-from datamodules.preprocessing import (
-    CT_PERCENTILES,
-    IMAGE_ORDER,
-    ZSCORE_NORMALIZATION,
-    VolumeGeometry,
-    ct_normalization,
-    orient_labels,
-    preprocess_image,
+from datamodules.base import DataConfig, SuiteDataModule, size_problems
+from datamodules.errors import DataError
+from datamodules.patches import CachedCase, CaseDataset, PatchDataset, augment_batch
+from datamodules.preprocessing import CT_PERCENTILES, IMAGE_ORDER
+from datamodules.volume_cache import (
+    CACHE_FORMAT,
+    CaseFiles,
+    build_cache,
+    cache_is_current,
+    cache_key,
+    input_records,
+    preprocess_workers,
+    read_manifest,
 )
-from mednext.files import atomic_write, write_json
-from mednext.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-#: Version of the cache layout and of the preprocessing code's meaning; a new value rebuilds.
-CACHE_FORMAT = 1
-MANIFEST = "manifest.json"
-
-#: nnU-Net v2 fingerprint (``collect_foreground_intensities``): voxels sampled per case.
-FOREGROUND_SAMPLES_PER_CASE = 10_000
-#: nnU-Net v2 ``DefaultPreprocessor._sample_foreground_locations``: positions kept per class, at
-#: least this many (or all) and at least this share of the class's voxels.
-CLASS_LOCATION_SAMPLES = 10_000
-CLASS_LOCATION_COVERAGE = 0.01
-#: Image and label affines may differ by this much (mm, direction cosines) and count as equal.
-AFFINE_TOLERANCE = 1e-3
-
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
-
-
-# --- validation -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CaseFiles:
-    """One raw case: its id and the image and label files."""
-
-    case_id: str
-    image: Path
-    label: Path
-
-
-def check_case(
-    case: CaseFiles, num_classes: int
-) -> tuple[list[str], tuple[np.ndarray, np.ndarray] | None]:
-    """Problems with one raw case, and when there are none its ``(image, label)`` arrays on the
-    file's own grid (image float32), for the foreground statistics.
-
-    Checks: both files readable, 3D, finite image, the same shape and (within
-    ``AFFINE_TOLERANCE``) affine, integer label values in ``0..num_classes-1``.
-    """
-    problems: list[str] = []
-    arrays: dict[str, np.ndarray] = {}
-    affines: dict[str, np.ndarray] = {}
-    for role, path in (("image", case.image), ("label", case.label)):
-        try:
-            img = nib.load(str(path))
-            data = (
-                img.get_fdata(dtype=np.float32) if role == "image" else np.asanyarray(img.dataobj)
-            )
-        except _READ_ERRORS as error:
-            problems.append(f"{case.case_id}: cannot read {path}: {error}")
-            continue
-        if data.ndim != 3:
-            problems.append(f"{case.case_id}: {path} is {data.ndim}D {data.shape}; expected 3D")
-            continue
-        arrays[role], affines[role] = data, img.affine
-    if len(arrays) < 2:
-        return problems, None
-    image, label = arrays["image"], arrays["label"]
-    if image.shape != label.shape:
-        problems.append(
-            f"{case.case_id}: image shape {image.shape} != label shape {label.shape} "
-            f"({case.image.name}, {case.label.name})"
-        )
-    elif not np.allclose(affines["image"], affines["label"], rtol=0, atol=AFFINE_TOLERANCE):
-        difference = np.abs(affines["image"] - affines["label"]).max()
-        problems.append(
-            f"{case.case_id}: image and label affines differ (largest difference {difference:.4g}; "
-            f"{case.image.name}, {case.label.name})"
-        )
-    if not np.isfinite(image).all():
-        problems.append(f"{case.case_id}: {case.image} contains NaN or infinite values")
-    label_problem = label_value_problem(label, num_classes)
-    if label_problem:
-        problems.append(f"{case.case_id}: {case.label} has {label_problem}")
-    return problems, (None if problems else (image, label))
-
-
-def foreground_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Up to ``FOREGROUND_SAMPLES_PER_CASE`` intensities of the voxels with ``label > 0``."""
-    values = image[label > 0]
-    if len(values) > FOREGROUND_SAMPLES_PER_CASE:
-        values = rng.choice(values, FOREGROUND_SAMPLES_PER_CASE, replace=False)
-    return values
-
-
-# --- preprocessing cache ----------------------------------------------------------------------
-
-
-def file_record(path: Path) -> dict[str, Any]:
-    """What identifies an input file's content for the cache: absolute path, size, mtime (ns)."""
-    stat = path.stat()
-    return dict(path=str(path.resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-
-
-def input_records(cases: Sequence[CaseFiles]) -> list[dict[str, Any]]:
-    return [
-        dict(case_id=c.case_id, image=file_record(c.image), label=file_record(c.label))
-        for c in cases
-    ]
-
-
-def class_locations(
-    label: np.ndarray, num_classes: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Per present foreground class (key ``str(c)``), a sample of its voxel positions, int32
-    ``(N, 3)``: ``min(count, max(CLASS_LOCATION_SAMPLES, ceil(CLASS_LOCATION_COVERAGE*count)))``
-    positions drawn without replacement, as nnU-Net stores for foreground oversampling."""
-    flat = np.flatnonzero(label)
-    values = label.ravel()[flat]
-    locations: dict[str, np.ndarray] = {}
-    for c in range(1, num_classes):
-        positions = flat[values == c]
-        if len(positions) == 0:
-            continue
-        keep = min(
-            len(positions),
-            max(CLASS_LOCATION_SAMPLES, math.ceil(CLASS_LOCATION_COVERAGE * len(positions))),
-        )
-        if keep < len(positions):
-            positions = np.sort(rng.choice(positions, keep, replace=False))
-        locations[str(c)] = np.stack(np.unravel_index(positions, label.shape), 1).astype(np.int32)
-    return locations
-
-
-def preprocess_case(
-    case: CaseFiles,
-    spacing: Sequence[float],
-    normalization: Mapping[str, Any],
-    reorient: bool,
-    num_classes: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], VolumeGeometry]:
-    """One raw case on the model grid: image float32 (1, X, Y, Z), label uint8 (X, Y, Z), the
-    class locations of the label and the geometry of the raw image."""
-    image, geometry = preprocess_image(case.image, spacing, normalization, reorient)
-    label = orient_labels(np.asanyarray(nib.load(str(case.label)).dataobj), geometry)
-    return image, label, class_locations(label, num_classes, rng), geometry
-
-
-def cache_key(parameters: Mapping[str, Any]) -> str:
-    """A short stable hash of the preprocessing parameters (the cache folder's name ends in it)."""
-    text = json.dumps(parameters, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a cache folder; ``None`` when missing or unreadable (no usable cache)."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def cache_is_current(
-    folder: Path, parameters: Mapping[str, Any], inputs: Sequence[Mapping[str, Any]]
-) -> bool:
-    """Whether ``folder`` holds a complete cache of exactly these parameters and input files."""
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return False
-    if manifest.get("parameters") != parameters or manifest.get("inputs") != list(inputs):
-        return False
-    return all(
-        (folder / name).is_file()
-        for entry in manifest["cases"].values()
-        for name in (entry["image"], entry["label"], entry["locations"])
-    )
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """``array`` as ``.npy`` at ``path`` (readable with ``np.load(mmap_mode="r")``), atomically."""
-    with atomic_write(path, "wb") as stream:
-        np.save(stream, array)
 
 
 # --- the DataModule ---------------------------------------------------------------------------
@@ -247,7 +51,12 @@ class VolumeConfig(DataConfig):
         iterations_per_epoch: training batches per epoch (nnU-Net: 250).
         foreground_oversample: probability that a training patch is centred on foreground
             (nnU-Net: 0.33).
-        augment: nnU-Net-style augmentation of training patches.
+        augment: nnU-Net v2's augmentation of training patches (``datamodules.augmentation``).
+        preprocess_workers: processes that validate and preprocess cases in parallel (``None``:
+            one per CPU core, at most the number of cases; 1: in this process).
+        augment_on: where it runs: ``cpu`` in the loader workers, or ``gpu``: the workers crop
+            the regions and draw the random choices, the transforms run on the training device
+            after the batch is transferred (the same distribution).
         synthetic_shape: voxels per synthetic case (``source=synthetic``).
     """
 
@@ -256,6 +65,8 @@ class VolumeConfig(DataConfig):
     spacing: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     iterations_per_epoch: int = 250
     foreground_oversample: float = 0.33
+    augment_on: str = "cpu"
+    preprocess_workers: int | None = None
     synthetic_shape: list[int] = field(default_factory=lambda: [48, 48, 24])
 
 
@@ -305,6 +116,13 @@ class VolumeDataModule(SuiteDataModule):
             problems.append(
                 f"foreground_oversample must be in [0, 1], not {config.foreground_oversample}"
             )
+        if config.preprocess_workers is not None and config.preprocess_workers < 1:
+            problems.append(
+                f"preprocess_workers must be at least 1 (or null: one per core), not "
+                f"{config.preprocess_workers}"
+            )
+        if config.augment_on not in ("cpu", "gpu"):
+            problems.append(f"augment_on must be 'cpu' or 'gpu', not {config.augment_on!r}")
         return problems + size_problems(synthetic_shape=config.synthetic_shape)
 
     # -- dataset specific --
@@ -380,7 +198,19 @@ class VolumeDataModule(SuiteDataModule):
         if not problems and cache_is_current(folder, parameters, input_records(cases)):
             log.info("%s: using the preprocessed cache %s", self.title, folder)
             return
-        self._build_cache(folder, parameters, cases, problems)
+        build_cache(
+            folder,
+            parameters,
+            cases,
+            problems,
+            title=f"{self.title} at {self.root}",
+            modality=self.modality,
+            statistics={c.case_id for c in cases if not self.is_test_case(c.case_id)},
+            spacing=self.spacing,
+            reorient=self.reorient,
+            num_classes=self.num_classes,
+            workers=preprocess_workers(self.config.preprocess_workers, len(cases)),
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Read the cache's manifest and make the split and the cases of each part (once; later
@@ -425,8 +255,15 @@ class VolumeDataModule(SuiteDataModule):
             length=self.config.iterations_per_epoch * self.config.batch_size,
             foreground_oversample=self.config.foreground_oversample,
             augment=self.config.augment,
+            augment_here=self.config.augment_on == "cpu",
         )
         return self.training_loader(dataset, shuffle=False, drop_last=True)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``augment_on: gpu``, the augmentation of a training batch, on its device."""
+        if isinstance(batch, dict) and "augmentation" in batch:
+            return augment_batch(batch, self.patch_size)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         """Whole validation cases, batch size 1: ``image`` (1, C, X, Y, Z), ``label``
@@ -454,66 +291,4 @@ class VolumeDataModule(SuiteDataModule):
             label=folder / entry["label"],
             shape=tuple(entry["shape"]),
             locations=locations,
-        )
-
-    def _build_cache(
-        self,
-        folder: Path,
-        parameters: dict[str, Any],
-        cases: Sequence[CaseFiles],
-        problems: list[str],
-    ) -> None:
-        started = time.perf_counter()
-        statistics = {c.case_id for c in cases if not self.is_test_case(c.case_id)}
-        rng = np.random.default_rng(0)
-        foreground: list[np.ndarray] = []
-        with progress_bar() as progress:
-            for case in progress.track(cases, description=f"{self.title}: checking"):
-                case_problems, arrays = check_case(case, self.num_classes)
-                problems.extend(case_problems)
-                if arrays is not None and self.modality == "CT" and case.case_id in statistics:
-                    foreground.append(foreground_sample(*arrays, rng))
-            if problems:
-                raise DataError(problem_report(f"{self.title} at {self.root}", problems))
-            normalization = (
-                ct_normalization(np.concatenate(foreground))
-                if self.modality == "CT"
-                else dict(ZSCORE_NORMALIZATION)
-            )
-            # The manifest goes first so that nothing in a half-rebuilt folder is ever trusted.
-            (folder / MANIFEST).unlink(missing_ok=True)
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            entries: dict[str, Any] = {}
-            for case in progress.track(cases, description=f"{self.title}: preprocessing"):
-                image, label, locations, geometry = preprocess_case(
-                    case, self.spacing, normalization, self.reorient, self.num_classes, rng
-                )
-                names = {part: f"{case.case_id}_{part}" for part in ("image", "label", "locations")}
-                save_npy(folder / f"{names['image']}.npy", image)
-                save_npy(folder / f"{names['label']}.npy", label)
-                with atomic_write(folder / f"{names['locations']}.npz", "wb") as stream:
-                    np.savez(stream, **locations)
-                entries[case.case_id] = dict(
-                    image=f"{names['image']}.npy",
-                    label=f"{names['label']}.npy",
-                    locations=f"{names['locations']}.npz",
-                    shape=list(label.shape),
-                    classes=sorted(int(c) for c in locations),
-                    source_shape=list(geometry.shape),
-                    source_spacing=list(geometry.oriented_spacing),
-                )
-        seconds = time.perf_counter() - started
-        write_json(
-            folder / MANIFEST,
-            dict(
-                parameters=parameters,
-                inputs=input_records(cases),
-                normalization=normalization,
-                cases=entries,
-                seconds=round(seconds, 2),
-            ),
-        )
-        log.info(
-            "%s: preprocessed %d cases into %s in %.1f s", self.title, len(cases), folder, seconds
         )

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import datamodules.volumes as volumes
+import datamodules.volume_cache as volume_cache
 from datamodules import DATAMODULES, build_datamodule, datamodule_class
 from datamodules.acdc import TEST_PATIENTS, VAL_PATIENTS, ACDCVolumeDataModule, write_acdc
 from datamodules.base import kfold
@@ -30,7 +30,7 @@ from datamodules.synapse import (
     SynapseVolumeDataModule,
     write_synapse,
 )
-from datamodules.volumes import MANIFEST
+from datamodules.volume_cache import MANIFEST
 
 SYNAPSE_PATCH = [32, 32, 32]
 ACDC_PATCH = [32, 32, 16]
@@ -354,7 +354,7 @@ def test_an_interrupted_build_is_never_trusted(
 ) -> None:
     raw = copy_of(small_synapse_raw, tmp_path)
     dm = synapse(tmp_path / "cache", root=str(raw))
-    real = volumes.preprocess_case
+    real = volume_cache.preprocess_case
     calls = []
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
@@ -363,14 +363,14 @@ def test_an_interrupted_build_is_never_trusted(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(volumes, "preprocess_case", interrupted)
+    monkeypatch.setattr(volume_cache, "preprocess_case", interrupted)
     with pytest.raises(KeyboardInterrupt):
         dm.prepare_data()
     assert not (dm.cache_path / MANIFEST).exists()
     assert not list(dm.cache_path.glob(".*.tmp-*"))
     with pytest.raises(DataError, match="call prepare_data"):
         dm.setup("fit")
-    monkeypatch.setattr(volumes, "preprocess_case", real)
+    monkeypatch.setattr(volume_cache, "preprocess_case", real)
     ready(dm)
     assert len(json.loads((dm.cache_path / MANIFEST).read_text())["cases"]) == 30
 

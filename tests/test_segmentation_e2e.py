@@ -268,3 +268,18 @@ def test_wandb_offline_run_is_kept_inside_the_run_directory(
     for key in (b"gflops", b"test/dice_mean", b"wall_time_s", b"variant"):
         assert key in record, key
     assert str(results["params"]).encode() in record
+
+
+def test_augmentation_after_the_transfer_trains_the_same_way(tmp_path: Path, toy_runs) -> None:
+    """``data.augment_on=gpu``: regions and draws leave the loader, the augmentation runs on the
+    training device (here the CPU) in the DataModule's ``on_after_batch_transfer``."""
+    arguments = toy_runs.overrides(
+        "volumes",
+        tmp_path / "runs",
+        tmp_path / "cache",
+        "data.augment_on=gpu",
+        "trainer.max_epochs=1",
+    )
+    assert main(["train", "synapse_mednext_s", *arguments]) == 0
+    run = toy_runs.only_run(tmp_path / "runs", "synapse_mednext_s")
+    assert json.loads((run / "results.json").read_text())["status"] == "completed"
