@@ -89,6 +89,10 @@ class EvalConfig:
     sw_overlap: float = 0.5
     sw_batch_size: int = 2
     mirror_tta: bool = False
+    # Mirrored copies of a window per forward pass; None: all of them on CUDA, 1 on the CPU.
+    mirror_batch: int | None = None
+    # Sliding-window inference under fp16 autocast on CUDA (ignored on the CPU).
+    autocast: bool = True
     hd95: bool = True
     # The validation metric that picks checkpoints/best.ckpt (without "val/"; hd95* is minimised,
     # anything else maximised); None: the task's own (segmentation dice_mean, classification acc).
@@ -249,7 +253,9 @@ def _valid_keys(group: str, merged: DictConfig) -> list[str] | None:
         parameters = inspect.signature(lightning.Trainer.__init__).parameters
         return [name for name in parameters if name != "self"]
     if group == "model":
-        return ["name", "variant", *_model_parameters(merged)]
+        from mednext.models.runtime import RUN_OPTIONS
+
+        return ["name", "variant", *RUN_OPTIONS, *_model_parameters(merged)]
     if group == "data":
         return [f.name for f in dataclasses.fields(_data_config_class(merged))]
     return None
@@ -368,6 +374,9 @@ def _check_values(config: DictConfig) -> None:
         value = OmegaConf.select(config, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+    mirror_batch = OmegaConf.select(config, "eval.mirror_batch")
+    if mirror_batch is not None and mirror_batch < 1:
+        raise ConfigError(f"eval.mirror_batch={mirror_batch}: at least 1, or null for automatic")
     source = OmegaConf.select(config, "data.source")
     if source not in ("real", "synthetic"):
         raise ConfigError(f"data.source={source!r}: choose real or synthetic")

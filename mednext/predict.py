@@ -12,6 +12,7 @@ experiment file nor the dataset.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def load_task(checkpoint: Path, device: torch.device, kind: str = "segmentation"
             f"{checkpoint}: no preprocessing record (spacing, normalisation); it was not written "
             "by `mednext train`"
         )
+    notice = task.prepare_network(device)
+    if notice:
+        print(notice, file=sys.stderr)
     return task.eval().to(device)
 
 
@@ -141,14 +145,17 @@ def predict_command(
     task = load_task(checkpoint, device, kind)
     if kind == "classification":
         return classify_images(task, image_inputs(inputs), out_dir, device, args.batch_size)
-    return segment_volumes(task, inputs, out_dir, device, args.mirror_tta)
+    mirror = True if args.mirror_tta else (False if args.fast else None)
+    return segment_volumes(task, inputs, out_dir, device, mirror)
 
 
 def segment_volumes(
-    task, inputs: Sequence[Path], out_dir: Path, device: torch.device, mirror_tta: bool
+    task, inputs: Sequence[Path], out_dir: Path, device: torch.device, mirror_tta: bool | None
 ) -> int:
-    if mirror_tta:
-        task.hparams.evaluation["mirror_tta"] = True
+    """Segment every NIfTI input into ``out_dir``; ``mirror_tta`` overrides the run's
+    ``eval.mirror_tta`` unless None."""
+    if mirror_tta is not None:
+        task.hparams.evaluation["mirror_tta"] = mirror_tta
     files = nifti_inputs(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     with progress_bar(transient=True) as progress:

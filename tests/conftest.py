@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,25 @@ class ToyRuns:
         runs = sorted((root / experiment).iterdir())
         assert len(runs) == 1, runs
         return runs[0]
+
+    @staticmethod
+    def segmentation_task(model: dict[str, Any], evaluation: dict[str, Any] | None = None) -> Any:
+        """A 3D ``SegmentationTask`` of three classes on 32³ patches, built as the suite builds
+        it (``model`` is the ``model:`` group, ``evaluation`` the ``eval:`` group)."""
+        from mednext.tasks.segmentation import SegmentationTask
+
+        return SegmentationTask(
+            model=model,
+            in_channels=1,
+            num_classes=3,
+            patch_size=[32, 32, 32],
+            spacing=[1.0, 1.0, 1.0],
+            class_names=["background", "a", "b"],
+            optim={},
+            loss={},
+            evaluation=evaluation or {},
+            log_images=False,
+        )
 
     @staticmethod
     def read_csv(path: Path) -> list[dict[str, str]]:

@@ -29,6 +29,7 @@ from mednext.models.complexity import measure_registered
 from mednext.models.mednext import PRESETS
 
 TOY = ["--size", "32", "--width", "4", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+TOY += ["--modes", "fp32"]
 START, END = "<!-- bench:mednext:start -->", "<!-- bench:mednext:end -->"
 
 
@@ -269,19 +270,23 @@ def parts(*argv: str) -> list[str]:
 
 
 def test_every_part_runs_by_default_and_parts_run_in_a_fixed_order() -> None:
-    assert parts() == ["mednext", "classifier", "seg2d"]
-    assert parts("--quick") == ["mednext-quick", "classifier-quick", "seg2d-quick"]
+    every = ["mednext", "loader", "preprocess", "predict", "classifier", "seg2d"]
+    assert parts() == every
+    assert parts("--quick") == [f"{key}-quick" for key in every]
     assert parts("--part", "seg2d", "--part", "3d", "--part", "seg2d") == ["mednext", "seg2d"]
 
 
 def test_each_part_takes_its_own_defaults_unless_told() -> None:
     args = build_parser().parse_args(["bench", "--device", "cpu"])
-    three_d, classifier, seg2d = resolve_settings(args)
+    three_d, loader, _, predict, classifier, seg2d = resolve_settings(args)
     assert three_d.input_shape == (1, 1, 64, 64, 64)
     assert classifier.input_shape == (4, 3, 224, 224)
     assert seg2d.input_shape == (4, 1, 224, 224)
+    assert loader.options == dict(warmup=2, steps=60, volume=(300, 260, 200), patch_size=128)
+    assert predict.options == {"volume": (180, 150, 46), "window": 64}
     args = build_parser().parse_args(["bench", "--device", "cpu", "--batch-size", "2"])
-    assert [settings.batch_size for settings in resolve_settings(args)] == [2, 2, 2]
+    batched = [s for s in resolve_settings(args) if "--batch-size" in s.part.shared]
+    assert [settings.batch_size for settings in batched] == [2, 2, 2]
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,25 @@ def test_predict_keeps_shape_affine_and_header_of_an_odd_lps_input(
     assert written.header.get_zooms() == pytest.approx(nib.load(source).header.get_zooms())
 
 
+def test_predict_fast_skips_mirroring(synapse_run: Path, tmp_path: Path, capsys) -> None:
+    """``--fast``: one forward pass per window whatever the run's ``eval.mirror_tta``; the toy
+    run does not mirror, so its default prediction is the same; ``--mirror-tta`` and ``--fast``
+    contradict each other."""
+    checkpoint = str(synapse_run / "checkpoints" / "best.ckpt")
+    source = tmp_path / "case.nii.gz"
+    volume = np.random.default_rng(1).integers(-500, 300, size=(30, 28, 12)).astype(np.int16)
+    nib.save(nib.Nifti1Image(volume, np.diag([1.5, 1.5, 3.0, 1.0])), source)
+    labels = {}
+    for name, flags in (("default", []), ("fast", ["--fast"])):
+        out = tmp_path / name
+        assert main(["predict", checkpoint, str(source), "--out", str(out), *flags]) == 0
+        labels[name] = np.asanyarray(nib.load(out / "case.nii.gz").dataobj)
+    np.testing.assert_array_equal(labels["fast"], labels["default"])
+    with pytest.raises(SystemExit):
+        main(["predict", checkpoint, str(source), "--out", str(tmp_path), "--fast", "--mirror-tta"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_predict_reports_a_missing_input(synapse_run: Path, tmp_path: Path, capsys) -> None:
     ckpt = str(synapse_run / "checkpoints" / "best.ckpt")
     assert main(["predict", ckpt, str(tmp_path / "nothing.nii.gz"), "--out", str(tmp_path)]) == 2

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mednext.models import depthwise
 from mednext.models.layers import GlobalResponseNorm
 
 #: Total downsampling of the four encoder stages: every spatial size must be a multiple of it.
@@ -27,6 +28,12 @@ DOWNSAMPLING_FACTOR = 16
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_TRANSPOSE = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    layout = _CHANNELS_LAST[x.ndim - 2]
+    return layout if x.is_contiguous(memory_format=layout) else torch.contiguous_format
 
 
 def _front_pad(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
@@ -90,8 +97,14 @@ class MedNeXtBlock(nn.Module):
         else:
             self.res_conv = None
 
+    def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample is None and depthwise.applies(x):
+            conv = self.conv1
+            return depthwise.depthwise_conv3d(x, conv.weight, conv.bias, conv.padding[0])
+        return self.conv1(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.conv2(self.norm(self.conv1(x))))
+        y = self.act(self.conv2(self.norm(self._depthwise(x))))
         if self.grn is not None:
             y = self.grn(y)
         y = self.conv3(y)
@@ -103,8 +116,29 @@ class MedNeXtBlock(nn.Module):
             res = self.res_conv(x)
             if self.resample == "up":
                 res = _front_pad(res, self.spatial_dims)
-            y = y + res
+            # A 1×1 strided (transposed) convolution returns the default layout even for a
+            # channels-last input; adding that to the channels-last branch would be a
+            # mixed-layout add, several times slower on the CPU than either layout alone.
+            y = y + res.contiguous(memory_format=_layout_of(y))
         return y
+
+
+#: The values of ``MedNeXt(checkpointing=...)`` besides ``True``/``False``/``None``.
+CHECKPOINTING = ("block", "stage")
+
+
+def checkpointing_granularity(value: bool | str | None) -> str | None:
+    """``checkpointing`` as ``"block"``, ``"stage"`` or ``None`` (off); ``True`` is ``"block"``.
+    Anything else is a ValueError naming the choices."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "block"
+    if isinstance(value, str) and value in CHECKPOINTING:
+        return value
+    raise ValueError(
+        f"checkpointing must be one of {', '.join(CHECKPOINTING)}, true or false, got {value!r}"
+    )
 
 
 def _per_stage(value: int | Sequence[int], name: str) -> tuple[int, ...]:
@@ -137,14 +171,21 @@ class MedNeXt(nn.Module):
         deep_supervision: add 1×1 heads at 1/2, 1/4, 1/8 (decoder stages) and 1/16 (bottleneck);
             in training mode ``forward`` then returns ``[full, 1/2, 1/4, 1/8, 1/16]``.
         spatial_dims: 3 for volumes ``(B, C, D, H, W)``, 2 for images ``(B, C, H, W)``.
-        checkpointing: recompute every block in the backward pass (non-reentrant gradient
-            checkpointing) to trade compute for activation memory.
+        checkpointing: recompute activations in the backward pass (non-reentrant gradient
+            checkpointing) to trade compute for activation memory: ``"block"`` (or ``True``)
+            keeps only the input of every block, down and up block; ``"stage"`` only the input
+            of every encoder, bottleneck and decoder stage and of every down and up block, and
+            recomputes a stage's blocks together; ``False`` (or ``None``) keeps everything.
         grn: Global Response Normalisation after the expansion (MedNeXt-v2 option).
         do_res: residual connection inside every non-resampling block.
         do_res_up_down: residual 1×1 (transposed) conv around the down and up blocks.
 
-    Every spatial size of the input must be divisible by 16.
+    Every spatial size of the input must be divisible by 16. ``use_channels_last()`` switches
+    weights and activations to the channels-last layout (same function, faster on the CPU).
     """
+
+    #: The layout of the activations from the stem on (``use_channels_last``).
+    memory_format: torch.memory_format = torch.contiguous_format
 
     def __init__(
         self,
@@ -157,7 +198,7 @@ class MedNeXt(nn.Module):
         dec_kernel_size: int | None = None,
         deep_supervision: bool = False,
         spatial_dims: int = 3,
-        checkpointing: bool = False,
+        checkpointing: bool | Literal["block", "stage"] | None = False,
         grn: bool = False,
         do_res: bool = True,
         do_res_up_down: bool = True,
@@ -175,7 +216,7 @@ class MedNeXt(nn.Module):
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
         self.deep_supervision = deep_supervision
-        self.checkpointing = checkpointing
+        self.checkpointing = checkpointing_granularity(checkpointing)
 
         def stage(channels: int, index: int, kernel: int) -> nn.Sequential:
             return nn.Sequential(
@@ -225,12 +266,22 @@ class MedNeXt(nn.Module):
             _CONV[spatial_dims](widths[level], num_classes, 1) for level in head_levels
         )
 
+    def use_channels_last(self) -> MedNeXt:
+        """Keep weights and activations channels-last (``torch.channels_last_3d`` in 3D): the
+        same function, computed by oneDNN's channels-last kernels and, on the CPU in training,
+        the depthwise convolutions' backward pass of ``mednext.models.depthwise``. Returns the
+        network, changed in place."""
+        self.memory_format = _CHANNELS_LAST[self.spatial_dims]
+        return self.to(memory_format=self.memory_format)
+
     def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.checkpointing and torch.is_grad_enabled():
+        if self.checkpointing is not None and torch.is_grad_enabled():
             return checkpoint(module, x, use_reentrant=False)
         return module(x)
 
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing == "stage":
+            return self._run(stage, x)
         for block in stage:
             x = self._run(block, x)
         return x
@@ -271,7 +322,10 @@ class MedNeXt(nn.Module):
         ``[full, 1/2, 1/4, 1/8, 1/16]`` of logits at decreasing resolution."""
         self.check_input(x)
         with_aux = self.deep_supervision and self.training
-        x = self.stem(x)
+        # The stem maps a one-channel input, which is in both layouts at once, so its output's
+        # layout is torch's guess: set it.
+        layout = self.memory_format
+        x = self.stem(x.contiguous(memory_format=layout)).contiguous(memory_format=layout)
         skips = []
         for level in range(4):
             x = self._run_stage(self.encoder[level], x)
@@ -295,12 +349,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "M": dict(
         exp_r=(2, 3, 4, 4, 4, 4, 4, 3, 2),
         block_counts=(3, 4, 4, 4, 4, 4, 4, 4, 3),
-        checkpointing=True,
+        checkpointing="block",
     ),
     "L": dict(
         exp_r=(3, 4, 8, 8, 8, 8, 8, 4, 3),
         block_counts=(3, 4, 8, 8, 8, 8, 8, 4, 3),
-        checkpointing=True,
+        checkpointing="block",
     ),
 }
 

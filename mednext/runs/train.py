@@ -170,6 +170,13 @@ def _wandb_summary(trainer: L.Trainer, results: Mapping[str, Any]) -> None:
             logger.experiment.finish()
 
 
+def _prepare_network(task: Any, trainer: L.Trainer, console: Any) -> None:
+    """``model.compile`` for the device the Trainer runs on, and why not where it cannot."""
+    notice = task.prepare_network(trainer.strategy.root_device)
+    if notice and trainer.is_global_zero:
+        console.print(f"[yellow]{notice}[/yellow]")
+
+
 def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: Any) -> Path:
     """Train, validate and test one experiment; returns its run directory. Under DDP every rank
     runs this; only rank 0 writes the run's files and the leaderboard."""
@@ -235,6 +242,7 @@ def _train_and_test(
         ],
     )
     recorder.is_writer = trainer.is_global_zero
+    _prepare_network(task, trainer, console)
     with warnings.catch_warnings():
         if checkpoint_path is not None:
             # Resuming: the checkpoints already there are this run's own.
@@ -286,6 +294,7 @@ def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
         logger=False,
         callbacks=[RichProgressBar()],
     )
+    _prepare_network(task, trainer, console)
     # The weights alone: a Trainer given ckpt_path would also want the training callbacks back.
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     task.load_state_dict(state["state_dict"])

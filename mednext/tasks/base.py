@@ -25,6 +25,7 @@ from torch import nn
 from mednext.config import ConfigError
 from mednext.files import atomic_write
 from mednext.models import build_model
+from mednext.models.runtime import compile_network, split_run_options, use_channels_last
 from mednext.tasks.optim import configure_optimizers
 
 #: Checkpoint entries written next to Lightning's own.
@@ -35,12 +36,15 @@ STAGES = ("val", "test")
 
 def build_network(model: Mapping[str, Any], in_channels: int, num_classes: int) -> nn.Module:
     """The registry network of a ``model:`` group (``name``, ``variant``, options; ``None``
-    values mean the preset's or constructor's default). A constructor that refuses an option (an
-    odd width, an unknown preset) is a ``ConfigError`` naming the model."""
-    arguments = {k: v for k, v in model.items() if v is not None}
-    name = arguments.pop("name")
+    values mean the preset's or constructor's default), in the layout ``model.channels_last``
+    asks for (``mednext.models.runtime``). A constructor that refuses an option (an odd width, an
+    unknown preset) is a ``ConfigError`` naming the model."""
+    name = model["name"]
     try:
-        return build_model(name, in_channels=in_channels, num_classes=num_classes, **arguments)
+        arguments, options = split_run_options(model)
+        arguments = {k: v for k, v in arguments.items() if v is not None and k != "name"}
+        net = build_model(name, in_channels=in_channels, num_classes=num_classes, **arguments)
+        return use_channels_last(net, name) if options["channels_last"] else net
     except ValueError as error:
         raise ConfigError(f"model {name}: {error}") from error
 
@@ -157,6 +161,12 @@ class EvaluationTask(L.LightningModule):
     def rows_file(self, stage: str, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
         """The CSV of the rows, relative to ``output_dir``, and its columns."""
         raise NotImplementedError
+
+    def prepare_network(self, device: torch.device) -> str | None:
+        """Compile ``self.net`` for ``device`` as ``model.compile`` says (before the first step);
+        the notice to show when a requested compile falls back to eager."""
+        _, options = split_run_options(self.hparams.model)
+        return compile_network(self.net, options["compile"], device)
 
     # --- training --------------------------------------------------------------------------
 

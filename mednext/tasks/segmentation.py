@@ -66,24 +66,48 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
+def mirror_flips(spatial_dims: int, mirror: bool) -> list[tuple[int, ...]]:
+    """The identity, then with ``mirror`` every combination of flipped spatial axes."""
+    axes = list(range(2, 2 + spatial_dims))
+    combinations = [c for r in range(1, spatial_dims + 1) for c in itertools.combinations(axes, r)]
+    return [(), *(combinations if mirror else [])]
+
+
+def _flipped(x: torch.Tensor, flip: tuple[int, ...]) -> torch.Tensor:
+    return torch.flip(x, flip) if flip else x
+
+
 def mirrored_probabilities(
-    predictor: nn.Module, x: torch.Tensor, mirror: bool, spatial_dims: int
+    predictor: nn.Module,
+    x: torch.Tensor,
+    mirror: bool,
+    spatial_dims: int,
+    flips_per_forward: int = 1,
 ) -> torch.Tensor:
     """Softmax probabilities of ``predictor(x)``, averaged over every combination of spatial
-    flips when ``mirror`` (nnU-Net's test-time mirroring: 8 passes in 3D, 4 in 2D)."""
-    axes = list(range(2, 2 + spatial_dims))
-    flips = [()] + (
-        [c for r in range(1, spatial_dims + 1) for c in itertools.combinations(axes, r)]
-        if mirror
-        else []
-    )
+    flips when ``mirror`` (nnU-Net's test-time mirroring: 8 passes in 3D, 4 in 2D).
+    ``flips_per_forward`` flipped copies of ``x`` go through ``predictor`` as one batch: the same
+    numbers in fewer, larger forward passes."""
+    flips = mirror_flips(spatial_dims, mirror)
     total = None
-    for flip in flips:
-        logits = predictor(torch.flip(x, flip) if flip else x)
+    for first in range(0, len(flips), max(1, flips_per_forward)):
+        chunk = flips[first : first + max(1, flips_per_forward)]
+        batch = torch.cat([_flipped(x, flip) for flip in chunk]) if len(chunk) > 1 else x
+        logits = predictor(batch if len(chunk) > 1 else _flipped(x, chunk[0]))
         probabilities = torch.softmax(logits.float(), dim=1)
-        probabilities = torch.flip(probabilities, flip) if flip else probabilities
-        total = probabilities if total is None else total + probabilities
+        for part, flip in zip(probabilities.split(len(x)), chunk, strict=True):
+            part = _flipped(part, flip)
+            total = part if total is None else total + part
     return total / len(flips)
+
+
+def flips_per_forward(setting: int | None, spatial_dims: int, device: torch.device) -> int:
+    """``eval.mirror_batch``, or by default every flip of a window in one forward pass on CUDA
+    and one flip at a time on the CPU, where one batch of 8 windows takes longer than 8 single
+    ones (docs/benchmarks.md)."""
+    if setting is not None:
+        return int(setting)
+    return len(mirror_flips(spatial_dims, True)) if device.type == "cuda" else 1
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -126,6 +150,8 @@ class SegmentationTask(EvaluationTask):
     ) -> None:
         super().__init__(model, in_channels, num_classes, class_names, optim, loss, log_images)
         self.spatial_dims = len(patch_size)
+        # Mirrored copies per forward pass at evaluation, chosen at the first prediction.
+        self._flips_per_forward: int | None = None
 
     def build_task(self, loss: Mapping[str, Any]) -> None:
         """MONAI's Dice + CE on every deep-supervision output, weighted."""
@@ -170,20 +196,41 @@ class SegmentationTask(EvaluationTask):
     # --- evaluation ------------------------------------------------------------------------
 
     def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(B, K, *spatial)`` of whole cases by sliding-window inference."""
+        """Class probabilities ``(B, K, *spatial)`` of whole cases by sliding-window inference:
+        MONAI's windows with Gaussian blending, each window's mirrored copies batched
+        (``eval.mirror_batch``), under fp16 autocast on CUDA (``eval.autocast``)."""
         evaluation = self.hparams.evaluation
+        mirror = evaluation.get("mirror_tta", False)
+        if self._flips_per_forward is None:
+            setting = evaluation.get("mirror_batch")
+            self._flips_per_forward = flips_per_forward(setting, self.spatial_dims, image.device)
 
         def predictor(x: torch.Tensor) -> torch.Tensor:
-            return mirrored_probabilities(self.net, x, evaluation["mirror_tta"], self.spatial_dims)
+            while True:
+                try:
+                    return mirrored_probabilities(
+                        self.net, x, mirror, self.spatial_dims, self._flips_per_forward
+                    )
+                except torch.OutOfMemoryError:
+                    # Where memory does not allow every flip at once: half as many, for the
+                    # rest of this task's predictions too.
+                    if self._flips_per_forward <= 1:
+                        raise
+                    self._flips_per_forward //= 2
+                    if x.device.type == "cuda":
+                        torch.cuda.empty_cache()
 
-        return sliding_window_inference(
-            image,
-            roi_size=tuple(self.hparams.patch_size),
-            sw_batch_size=evaluation["sw_batch_size"],
-            predictor=predictor,
-            overlap=evaluation["sw_overlap"],
-            mode="gaussian",
-        )
+        autocast = image.device.type == "cuda" and evaluation.get("autocast", True)
+        with torch.autocast("cuda", torch.float16, enabled=autocast):
+            probabilities = sliding_window_inference(
+                image,
+                roi_size=tuple(self.hparams.patch_size),
+                sw_batch_size=evaluation["sw_batch_size"],
+                predictor=predictor,
+                overlap=evaluation["sw_overlap"],
+                mode="gaussian",
+            )
+        return probabilities.float()
 
     @torch.no_grad()
     def predict_slices(self, volume: torch.Tensor) -> torch.Tensor:

@@ -35,16 +35,26 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What one part of one ``mednext bench`` invocation measures: the options every part takes,
-    and in ``options`` the part's own (``BenchPart.options``, by ``option_dest`` name)."""
+    """What one part of one ``mednext bench`` invocation measures: the device, whether it is a
+    quick run, and in ``options`` the value of every option the part takes (``BenchPart.shared``
+    and ``BenchPart.options``, by ``option_dest`` name)."""
 
     part: BenchPart
-    batch_size: int
-    warmup: int
-    steps: int
     device: torch.device
     quick: bool
     options: Mapping[str, Any]
+
+    @property
+    def batch_size(self) -> int:
+        return self.options["batch_size"]
+
+    @property
+    def warmup(self) -> int:
+        return self.options["warmup"]
+
+    @property
+    def steps(self) -> int:
+        return self.options["steps"]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -57,8 +67,23 @@ class BenchSettings:
         return self.part.section + ("-quick" if self.quick else "")
 
 
+@dataclass(frozen=True)
+class PartResult:
+    """What ``BenchPart.measure`` found: the table rows as text (in ``columns`` order), the same
+    numbers as figures for ``bench.json``, and notes that depend on the numbers."""
+
+    rows: list[list[str]]
+    figures: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+
+#: The options of ``mednext bench`` that several parts take.
+SHARED_OPTIONS = ("--batch-size", "--warmup", "--steps")
+
+
 class BenchPart(ABC):
-    """One part of ``mednext bench``: its networks against a reference, on one input."""
+    """One part of ``mednext bench``: what the suite does against a reference measured in the
+    same run, on one input."""
 
     #: The ``--part`` value.
     name: str
@@ -69,8 +94,12 @@ class BenchPart(ABC):
     #: The heading of the Markdown section.
     heading: str
     #: The options that only this part takes (``--size``); giving one without the part is an
-    #: error. ``--batch-size``, ``--warmup`` and ``--steps`` belong to every part.
+    #: error.
     options: tuple[str, ...]
+    #: The ``SHARED_OPTIONS`` this part takes (spelled out after its own in the command line).
+    shared: tuple[str, ...] = SHARED_OPTIONS
+    #: The part draws progress bars of its own (the suite's cache build): no bench display.
+    own_progress: bool = False
     #: ``(mode, device type) -> {setting: value}``, mode ``"full"`` or ``"quick"``: the value of
     #: every option of ``BenchSettings`` not given on the command line.
     defaults: Mapping[tuple[str, str], Mapping[str, Any]]
@@ -85,7 +114,7 @@ class BenchPart(ABC):
 
     @abstractmethod
     def input_shape(self, settings: BenchSettings) -> tuple[int, ...]:
-        """One step's input, ``(B, C, *spatial)``."""
+        """One step's input, ``(B, C, *spatial)`` (a part without steps: its input's shape)."""
 
     @abstractmethod
     def command_options(self, settings: BenchSettings) -> list[str]:
@@ -96,10 +125,18 @@ class BenchPart(ABC):
         """How many steps ``measure`` runs: the length of the progress bar."""
 
     @abstractmethod
-    def measure(self, settings: BenchSettings, label: ProgressLabel) -> list[list[str]]:
-        """Build and measure every network of the part; the table rows as text, in ``columns``
-        order. ``label`` names on the progress display what is running and counts its steps."""
+    def measure(self, settings: BenchSettings, label: ProgressLabel) -> PartResult:
+        """Build and measure everything the part compares. ``label`` names on the progress
+        display what is running and counts its steps."""
 
     @abstractmethod
     def method(self, settings: BenchSettings) -> str:
         """The Markdown paragraph that says what one step is and how it was timed and measured."""
+
+    def check(self, settings: BenchSettings) -> None:  # noqa: B027 (optional hook)
+        """Raise a ValueError when this machine cannot run ``settings`` (before anything is
+        measured); nothing to check by default."""
+
+    def versions(self) -> dict[str, str]:
+        """Versions of what the part measures besides torch and MONAI (a reference package)."""
+        return {}

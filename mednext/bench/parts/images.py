@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mednext.bench import harness
-from mednext.bench.parts.base import SEED, BenchPart, BenchSettings, shape_text
+from mednext.bench.parts.base import SEED, BenchPart, BenchSettings, PartResult, shape_text
 from mednext.models import build_model, complexity, get_family
 
 RESNET50 = "resnet50"
@@ -261,10 +261,33 @@ class ImagePart(BenchPart):
             for network, measured in zip(selected, measurements, strict=True)
         ]
 
-    def measure(self, settings: BenchSettings, label: harness.ProgressLabel) -> list[list[str]]:
+    def measure(self, settings: BenchSettings, label: harness.ProgressLabel) -> PartResult:
         rows = self.rows(settings, label)
         (reference,) = [row for row in rows if row.network == self.reference]
-        return [image_row_cells(row, reference, settings.input_shape) for row in rows]
+        figures = [
+            {
+                "network": row.network.description,
+                "reference": row.network == reference.network,
+                "params": row.measured.complexity.params,
+                "macs": row.macs,
+                "flops": row.flops,
+                "train_images_per_s": row.train_images_per_s,
+                "inference_images_per_s": row.inference_images_per_s,
+                "train_peak_bytes": row.measured.peak_bytes,
+                **dict(
+                    zip(
+                        ("train_time_ratio", "inference_time_ratio", "memory_ratio", "flop_ratio"),
+                        row.ratios(reference),
+                        strict=True,
+                    )
+                ),
+            }
+            for row in rows
+        ]
+        return PartResult(
+            rows=[image_row_cells(row, reference, settings.input_shape) for row in rows],
+            figures={"input": list(settings.input_shape), "networks": figures},
+        )
 
     def method(self, settings: BenchSettings) -> str:
         selected = self.selected(settings)
