@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from mednext import cpu_allocator
+
 
 def _console():
     from rich.console import Console
@@ -300,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before the first large tensor: reuse freed blocks instead of fresh, zero-filled mappings
+    # (mednext.cpu_allocator; MEDNEXT_MALLOC=system keeps glibc's defaults).
+    cpu_allocator.tune()
     # torch 2.13 deprecates a pytree check that Lightning 2.6 makes on every step; not actionable.
     warnings.filterwarnings(
         "ignore", message=r".isinstance\(treespec, LeafSpec\)", category=FutureWarning
