@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from mednext.cli import main
 from mednext.config import ConfigError
 from mednext.models import build_model, runtime
-from mednext.models.depthwise import applies, depthwise_conv3d
+from mednext.models.depthwise import (
+    applies,
+    depthwise_conv3d,
+    upsampling_applies,
+    upsampling_depthwise_conv3d,
+    upsampling_pointwise_conv3d,
+)
 from mednext.tasks.segmentation import SegmentationTask
 
 _TINY_MEDNEXT = {"name": "mednext", "variant": "B", "width": 4, "deep_supervision": True}
@@ -74,7 +80,17 @@ def _assert_same_step(expected: dict[str, Any], actual: dict[str, Any], rtol: fl
         torch.testing.assert_close(actual["grads"][name], want, rtol=rtol, atol=rtol * scale)
 
 
-# --- the depthwise convolution's backward pass ----------------------------------------------
+# --- the depthwise convolutions ----------------------------------------------------------------
+
+
+def _gradients(conv: Any, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``conv(*tensors)`` and the gradients of every input for a fixed random upstream
+    gradient."""
+    inputs = [t.detach().clone().requires_grad_() for t in tensors]
+    out = conv(*inputs)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(upstream)
+    return (out.detach(), *(t.grad for t in inputs))
 
 
 @pytest.mark.parametrize(("batch", "depth", "kernel"), [(1, 12, 3), (2, 8, 5), (1, 2, 5)])
@@ -86,18 +102,11 @@ def test_depthwise_backward_matches_autograd_of_conv3d(batch: int, depth: int, k
     x = torch.randn(shape, generator=generator).to(memory_format=torch.channels_last_3d)
     weight = torch.randn(6, 1, kernel, kernel, kernel, generator=generator)
     bias = torch.randn(6, generator=generator)
-    upstream = torch.randn(shape, generator=generator)
     padding = kernel // 2
-
-    def gradients(conv: Any) -> tuple[torch.Tensor, ...]:
-        inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
-        out = conv(*inputs)
-        out.backward(upstream)
-        return (out.detach(), *(t.grad for t in inputs))
-
     assert applies(x)
-    want = gradients(lambda a, w, b: F.conv3d(a, w, b, padding=padding, groups=6))
-    got = gradients(lambda a, w, b: depthwise_conv3d(a, w, b, padding))
+    tensors = (x, weight, bias)
+    want = _gradients(lambda a, w, b: F.conv3d(a, w, b, padding=padding, groups=6), tensors)
+    got = _gradients(lambda a, w, b: depthwise_conv3d(a, w, b, padding), tensors)
     for expected, actual in zip(want, got, strict=True):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)
 
@@ -114,6 +123,40 @@ def test_depthwise_fast_path_is_only_taken_where_it_was_measured() -> None:
         assert not applies(x)
     with pytest.raises(ValueError, match="cubic depthwise kernel"):
         depthwise_conv3d(x, torch.randn(4, 1, 3, 3, 3), None, padding=2)
+
+
+@pytest.mark.parametrize(("kernel", "shape"), [(3, (8, 8, 8)), (3, (5, 7, 2)), (5, (6, 5, 4))])
+def test_upsampling_depthwise_matches_conv_transpose3d(kernel: int, shape: tuple[int, ...]) -> None:
+    """The up blocks' eight-parity forward pass against ``F.conv_transpose3d``, gradients
+    included."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, *shape, generator=generator).to(memory_format=torch.channels_last_3d)
+    weight = torch.randn(6, 1, kernel, kernel, kernel, generator=generator)
+    bias = torch.randn(6, generator=generator)
+    assert upsampling_applies(x)
+    padding = kernel // 2
+    want = _gradients(
+        lambda a, w, b: F.conv_transpose3d(a, w, b, stride=2, padding=padding, groups=6),
+        (x, weight, bias),
+    )
+    got = _gradients(
+        lambda a, w, b: upsampling_depthwise_conv3d(a, w, b, padding), (x, weight, bias)
+    )
+    assert got[0].is_contiguous(memory_format=torch.channels_last_3d)
+    for expected, actual in zip(want, got, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_upsampling_pointwise_matches_conv_transpose3d() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 5, 4, 3, generator=generator).to(memory_format=torch.channels_last_3d)
+    weight = torch.randn(6, 3, 1, 1, 1, generator=generator)
+    bias = torch.randn(3, generator=generator)
+    want = _gradients(lambda a, w, b: F.conv_transpose3d(a, w, b, stride=2), (x, weight, bias))
+    got = _gradients(upsampling_pointwise_conv3d, (x, weight, bias))
+    assert got[0].is_contiguous(memory_format=torch.channels_last_3d)
+    for expected, actual in zip(want, got, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)
 
 
 # --- channels-last ----------------------------------------------------------------------------

@@ -98,10 +98,18 @@ class MedNeXtBlock(nn.Module):
             self.res_conv = None
 
     def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv1
         if self.resample is None and depthwise.applies(x):
-            conv = self.conv1
             return depthwise.depthwise_conv3d(x, conv.weight, conv.bias, conv.padding[0])
-        return self.conv1(x)
+        if self.resample == "up" and depthwise.upsampling_applies(x):
+            return depthwise.upsampling_depthwise_conv3d(x, conv.weight, conv.bias, conv.padding[0])
+        return conv(x)
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.res_conv
+        if self.resample == "up" and depthwise.upsampling_applies(x):
+            return depthwise.upsampling_pointwise_conv3d(x, conv.weight, conv.bias)
+        return conv(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.conv2(self.norm(self._depthwise(x))))
@@ -113,7 +121,7 @@ class MedNeXtBlock(nn.Module):
         if self.resample is None:
             return x + y if self.do_res else y
         if self.res_conv is not None:
-            res = self.res_conv(x)
+            res = self._residual(x)
             if self.resample == "up":
                 res = _front_pad(res, self.spatial_dims)
             # A 1×1 strided (transposed) convolution returns the default layout even for a
