@@ -42,7 +42,16 @@ def _train(args: argparse.Namespace) -> int:
     if not args.experiment:
         console.print("mednext train: name an experiment (`mednext train --list` shows them)")
         return 2
-    config = as_dict(compose(args.experiment, args.overrides))
+    from mednext.runs.folds import split_fold_all, train_folds
+
+    try:
+        all_folds, overrides = split_fold_all(args.overrides)
+    except ValueError as error:
+        console.print(f"mednext train: {error}")
+        return 2
+    config = as_dict(compose(args.experiment, overrides))
+    if all_folds:
+        return train_folds(args.experiment, overrides, config, console)
     from mednext.runs.layout import read_results
     from mednext.runs.train import run_experiment
     from mednext.tasks import headline_lines

@@ -333,7 +333,8 @@ def test_markdown_has_a_table_per_dataset_and_task(written: dict[str, Path]) -> 
         "synapse — segmentation",
     ]
     synapse = text.split("## synapse — segmentation")[1]
-    table = [line for line in synapse.splitlines() if line.startswith("|")]
+    runs_table = synapse.split("### Runs")[1]
+    table = [line for line in runs_table.splitlines() if line.startswith("|")]
     assert table[0].startswith("| rank | experiment | run_id | status |")
     assert (
         "test/dice_mean" in table[0] and "test/hd95_mean" in table[0] and "test/acc" not in table[0]
@@ -355,7 +356,8 @@ def test_html_lists_every_run_escaped_with_working_config_links(
         assert f">{row.run_id}<" in page
     assert "<script>alert" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in page
-    assert page.count("<table") == 3 and page.count("<script>") == 1
+    assert page.count('<table class="runs">') == 3 and page.count("<script>") == 1
+    assert page.count('<table class="runs configurations">') == 3
     assert 'class="badge status-failed"' in page and 'class="badge status-unknown"' in page
     assert str(runs.resolve()) in page and "Generated " in page
     links = re.findall(r'href="([^"#]+)"', page)
@@ -514,3 +516,60 @@ def test_page_renders_and_sorts_in_headless_chromium(
         "20260101-000005",  # no params: last
     ]
     assert 'aria-sort="ascending"' in synapse
+
+
+def test_repeated_configurations_are_one_row_with_mean_std_and_ranked_by_validation(
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "runs"
+    # Three folds of one configuration (val 0.70/0.80/0.90, test 0.60/0.62/0.64), two seeds of
+    # another whose test is better but whose validation is worse, and a failed run of the first.
+    for fold, (val, test) in enumerate([(0.70, 0.60), (0.80, 0.62), (0.90, 0.64)]):
+        write_run(
+            runs,
+            f"synapse_mednext_s/2026010{fold}-000000",
+            val={"dice_mean": val},
+            test=segmentation(test, 5.0),
+            group_key="aaaa",
+            fold=fold,
+            seed=0,
+        )
+    for seed, (val, test) in enumerate([(0.50, 0.90), (0.60, 0.92)]):
+        write_run(
+            runs,
+            f"synapse_resenc_m/2026020{seed}-000000",
+            model=("resenc", "M"),
+            val={"dice_mean": val},
+            test=segmentation(test, 4.0),
+            group_key="bbbb",
+            seed=seed,
+        )
+    write_run(runs, "synapse_mednext_s/20260109-000000", status="failed", group_key="aaaa")
+    written = write_leaderboard(runs, tmp_path / "board")
+    text = written["leaderboard.md"].read_text()
+    configurations = text.split("### Configurations")[1].split("### Runs")[0]
+    table = [line for line in configurations.splitlines() if line.startswith("|")]
+    assert "val/dice_mean (mean ± std)" in table[0] and "test/dice_mean (mean ± std)" in table[0]
+    first, second = table[2], table[3]
+    # Ranked by the mean validation Dice (0.80 against 0.55), not by the better test Dice.
+    assert first.startswith("| 1 | synapse_mednext_s | mednext | S |")
+    assert "| 3 | 0 | 0, 1, 2 |" in first
+    assert "0.8000 ± 0.1000 (n=3)" in first and "0.6200 ± 0.0200 (n=3)" in first
+    assert second.startswith("| 2 | synapse_resenc_m | resenc | M |")
+    assert "| 2 | 0, 1 |  |" in second and "0.9100 ± 0.0141 (n=2)" in second
+    assert "ranked by the mean val dice_mean" in configurations
+    page = written["index.html"].read_text()
+    assert "0.8000 ± 0.1000 (n=3)" in page and "<h3>Configurations</h3>" in page
+
+
+def test_configurations_without_validation_are_ranked_by_test(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs, "synapse_a/20260101-000000", test=segmentation(0.7, 5.0), group_key="a")
+    write_run(runs, "synapse_b/20260101-000000", test=segmentation(0.8, 5.0), group_key="b")
+    # A run recorded before group keys existed is a configuration of its own.
+    write_run(runs, "synapse_c/20260101-000000", test=segmentation(0.75, 5.0))
+    text = write_leaderboard(runs, tmp_path / "board")["leaderboard.md"].read_text()
+    configurations = text.split("### Configurations")[1].split("### Runs")[0]
+    rows = [line for line in configurations.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[1] for row in rows] == ["synapse_b", "synapse_c", "synapse_a"]
+    assert "ranked by the mean test dice_mean (not every configuration has a validation" in text

@@ -43,6 +43,10 @@ class Row:
     git_commit: str | None = None
     command: str | None = None
     error: str | None = None
+    seed: int | None = None
+    fold: int | None = None
+    #: Runs that repeat one configuration over seeds and folds share it (results.json).
+    group_key: str | None = None
     run_dir: Path = Path()
     config: Path | None = None
     #: 1 = best completed run of its dataset and task; ``None`` for the others.
@@ -136,6 +140,9 @@ def _row_from_results(run_dir: Path, runs_dir: Path) -> Row:
         git_commit=_text(results.get("git_commit")),
         command=_text(results.get("command")),
         error=_text(results.get("error")),
+        seed=_integer(results.get("seed")),
+        fold=_integer(results.get("fold")),
+        group_key=_text(results.get("group_key")),
         run_dir=run_dir,
         config=run_dir / CONFIG if (run_dir / CONFIG).is_file() else None,
     )

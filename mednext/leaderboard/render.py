@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mednext.leaderboard.aggregate import configurations
 from mednext.leaderboard.collect import STATUS_ORDER, Group, Row
 from mednext.leaderboard.columns import HEADERS, TEXT_COLUMNS, Column, table_columns
 from mednext.leaderboard.plots import AXES, plot_caption
@@ -28,6 +29,49 @@ _MARKDOWN_TAIL = ("epochs", "wall_time_s", "config")
 def run_count_text(count: int) -> str:
     """``1 run``, ``3 runs``."""
     return f"{count} run{'' if count == 1 else 's'}"
+
+
+def configuration_table(group: Group) -> tuple[list[str], list[list[tuple[object, str]]], str]:
+    """The configurations of ``group`` (runs repeating one configuration over seeds and folds)
+    as a header, rows of ``(sort value, text)`` cells and a caption saying how they are ranked."""
+    found, stage = configurations(group)
+    metrics = [
+        (part, key)
+        for part in ("val", "test")
+        for key in HEADLINE.get(group.task, ())[: 1 if part == "val" else 2]
+        if any(key in getattr(c, part) for c in found)
+    ]
+    header = ["rank", "experiment", "model", "variant", "params (M)", "GFLOPs", "runs", "seeds"]
+    header += ["folds", *(f"{part}/{key} (mean ± std)" for part, key in metrics)]
+    rows = []
+    for configuration in found:
+        first = configuration.first
+        cells: list[tuple[object, str]] = [
+            (configuration.rank, "" if configuration.rank is None else str(configuration.rank)),
+            (", ".join(configuration.experiments), ", ".join(configuration.experiments)),
+            (first.model, first.model or ""),
+            (first.variant, first.variant or ""),
+            (first.params, "" if first.params is None else f"{first.params / 1e6:.2f}"),
+            (first.gflops, "" if first.gflops is None else f"{first.gflops:.4g}"),
+            (len(configuration.runs), str(len(configuration.runs))),
+            (None, ", ".join(map(str, configuration.seeds))),
+            (None, ", ".join(map(str, configuration.folds))),
+        ]
+        for part, key in metrics:
+            estimate = getattr(configuration, part).get(key)
+            cells.append((None, "") if estimate is None else (estimate.mean, estimate.text()))
+        rows.append(cells)
+    if stage is None:
+        caption = "No completed run with a headline metric yet."
+    else:
+        caption = (
+            f"Completed runs that differ only in seed or fold, one row per configuration: mean ± "
+            f"sample standard deviation over its n runs; ranked by the mean {stage} "
+            f"{HEADLINE[group.task][0]}"
+            + (" (not every configuration has a validation set)" if stage == "test" else "")
+            + "."
+        )
+    return header, rows, caption
 
 
 def csv_table(rows: Sequence[Row], out_dir: Path, runs_dir: Path) -> bytes:
@@ -76,6 +120,14 @@ def markdown_page(
             ]
             lines.append("")
         lines += [plot_caption(group), ""]
+        header, configuration_rows, caption = configuration_table(group)
+        if configuration_rows:
+            lines += ["### Configurations", "", caption, ""]
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "|".join("---" for _ in header) + "|")
+            for cells in configuration_rows:
+                lines.append("| " + " | ".join(_markdown_cell(t) for _, t in cells) + " |")
+            lines += ["", "### Runs", ""]
         lines.append("| " + " | ".join(HEADERS.get(k, k) for k in keys) + " |")
         lines.append("|" + "|".join("---:" if k not in TEXT_COLUMNS else "---" for k in keys) + "|")
         for row in group.rows:
@@ -145,8 +197,29 @@ def _html_group(group: Group, out_dir: Path, images: Mapping[str, bytes]) -> str
         f'<section id="{_escape(group.slug)}">'
         f"<h2>{_escape(group.title)}</h2>"
         f"<figure>{pictures}<figcaption>{_escape(plot_caption(group))}</figcaption></figure>"
+        f"{_html_configurations(group)}"
         f'<div class="scroll"><table class="runs"><thead><tr>{header}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div></section>"
+    )
+
+
+def _html_configurations(group: Group) -> str:
+    """The configurations table of ``group``, sortable like the runs table; empty without
+    completed runs."""
+    header, rows, caption = configuration_table(group)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_escape(name)}</th>" for name in header)
+    body = "".join(
+        f'<tr data-index="{index}">'
+        + "".join(f'<td data-value="{_escape(v)}">{_escape(t)}</td>' for v, t in cells)
+        + "</tr>"
+        for index, cells in enumerate(rows)
+    )
+    return (
+        f'<h3>Configurations</h3><p class="caption">{_escape(caption)}</p>'
+        f'<div class="scroll"><table class="runs configurations"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div><h3>Runs</h3>"
     )
 
 

@@ -63,7 +63,7 @@ def run_location(
     if inherited and not primary:
         run_dir = Path(inherited)
     elif config["resume"]:
-        found = newest_resumable_run(root, config["name"])
+        found = newest_resumable_run(root, config["name"], config["data"].get("fold"))
         if found is None:
             raise FileNotFoundError(
                 f"resume=true: no run of {config['name']} with {CHECKPOINTS}/{LAST} under "

@@ -13,6 +13,7 @@ through these functions without loading a network.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
@@ -37,6 +38,38 @@ BEST = "best.ckpt"
 NOT_RUNS = frozenset({"wandb", CHECKPOINTS, "predictions"})
 
 
+#: Keys that say where and how a run is recorded, not what it computes.
+RECORDING_KEYS = ("name", "resume", "output", "logger")
+#: What a repetition of one configuration varies: runs that differ only here form one group of
+#: the leaderboard (mean ± std over seeds and folds).
+REPETITION_KEYS = ("seed", "data.fold")
+
+
+def configuration_key(config: Mapping[str, Any], ignore: Sequence[str] = ()) -> str:
+    """A short hash of the resolved configuration without ``RECORDING_KEYS`` and the dotted keys
+    of ``ignore``: equal for two runs exactly when they compute the same thing."""
+    content = _plain({k: v for k, v in config.items() if k not in RECORDING_KEYS})
+    for dotted in ignore:
+        *parents, last = dotted.split(".")
+        node: Any = content
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    text = json.dumps(content, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping as a fresh dict (so that keys can be removed) and every
+    sequence as a list."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def new_run_dir(root: Path, experiment: str) -> Path:
     """A fresh ``root/experiment/<timestamp>`` (suffixed when two runs start in one second)."""
     base = root / experiment
@@ -51,10 +84,15 @@ def new_run_dir(root: Path, experiment: str) -> Path:
     raise RuntimeError(f"cannot create a run directory under {base}")
 
 
-def newest_resumable_run(root: Path, experiment: str) -> Path | None:
-    """The most recent run of ``experiment`` that has a ``last.ckpt``."""
+def newest_resumable_run(root: Path, experiment: str, fold: int | None = None) -> Path | None:
+    """The most recent run of ``experiment`` that has a ``last.ckpt`` (of cross-validation fold
+    ``fold``: a run's fold is in its results.json)."""
     candidates = sorted(
-        (p for p in (root / experiment).glob("*") if (p / CHECKPOINTS / LAST).is_file()),
+        (
+            p
+            for p in (root / experiment).glob("*")
+            if (p / CHECKPOINTS / LAST).is_file() and read_results(p).get("fold") == fold
+        ),
         key=lambda p: (p / CHECKPOINTS / LAST).stat().st_mtime,
     )
     return candidates[-1] if candidates else None
@@ -166,8 +204,10 @@ class RunRecorder:
 
     The keys: ``experiment``, ``run_id``, ``status`` (running, completed, failed, interrupted),
     ``model`` (name, variant), ``params``, ``flops``, ``dataset``, ``metrics`` (``val``, ``test``),
-    ``epochs``, ``wall_time_s``, ``throughput``, ``device``, ``git_commit``, ``command`` and, after
-    a failure, ``error``. A resumed or re-tested run keeps what describes its training.
+    ``epochs``, ``wall_time_s``, ``throughput``, ``device``, ``git_commit``, ``command``, ``seed``,
+    ``fold``, ``config_hash`` (``configuration_key`` of the resolved configuration), ``group_key``
+    (the same without seed and fold: the runs that repeat one configuration) and, after a failure,
+    ``error``. A resumed or re-tested run keeps what describes its training.
     """
 
     def __init__(
@@ -200,6 +240,10 @@ class RunRecorder:
             "device": device,
             "git_commit": git_commit(),
             "command": shlex.join(command),
+            "seed": config.get("seed"),
+            "fold": config["data"].get("fold"),
+            "config_hash": configuration_key(config),
+            "group_key": configuration_key(config, REPETITION_KEYS),
         }
         for key in ("params", "flops", "metrics", "epochs", "throughput", "command", "git_commit"):
             if key in previous:
