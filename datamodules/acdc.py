@@ -146,7 +146,7 @@ class ACDCVolumeDataModule(VolumeDataModule):
         synthetic_shape: list[int] = field(default_factory=lambda: [40, 40, 8])
 
     title = "ACDC"
-    modality = "MR"
+    channel_names = ("MR",)
     CLASS_NAMES = CLASS_NAMES
     DOWNLOAD = DOWNLOAD
     LAYOUT = LAYOUT
@@ -178,7 +178,7 @@ class ACDCVolumeDataModule(VolumeDataModule):
                 if missing:
                     problems.append(f"{case_id(patient, phase)}: missing {' and '.join(missing)}")
                 else:
-                    cases.append(CaseFiles(case_id(patient, phase), image, label))
+                    cases.append(CaseFiles(case_id(patient, phase), (image,), label))
         return cases, problems
 
     def is_test_case(self, case_id: str) -> bool:
@@ -388,7 +388,7 @@ class ACDCSliceDataModule(SliceDataModule):
                 problems += case_problems
                 if arrays is not None:
                     patient, phase = _patient(case.case_id), case.case_id[-2:]
-                    image = volume_to_slices(arrays[0], cls.INTENSITY)
+                    image = volume_to_slices(arrays[0][0], cls.INTENSITY)
                     label = volume_to_slices(np.rint(arrays[1]).astype(np.uint8))
                     part = next(p for p, members in SHIPPED_PATIENTS.items() if patient in members)
                     if part == "test":

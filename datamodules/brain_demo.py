@@ -430,7 +430,7 @@ class BrainDemoDataModule(VolumeDataModule):
         subjects_seed: int = 0
 
     title = "brain_demo"
-    modality = "MR"
+    channel_names = ("MR",)
     CLASS_NAMES = CLASS_NAMES
     DOWNLOAD = "nothing: the subjects are made from the MNI template inside the nilearn wheel"
     LAYOUT = "  <root>/imagesTr/brain_000.nii.gz ..., labelsTr/, split.json, dataset.json"
@@ -481,7 +481,7 @@ class BrainDemoDataModule(VolumeDataModule):
             if missing:
                 problems.append(f"{case}: missing {' and '.join(missing)}")
             else:
-                cases.append(CaseFiles(case, image, label))
+                cases.append(CaseFiles(case, (image,), label))
         return cases, problems
 
     def is_test_case(self, case_id: str) -> bool:

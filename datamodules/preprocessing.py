@@ -68,21 +68,62 @@ def _window(image: np.ndarray, parameters: Mapping[str, Any]) -> np.ndarray:
 
 
 def _minmax(image: np.ndarray, parameters: Mapping[str, Any]) -> np.ndarray:
-    """This image's own minimum and maximum to [0, 1] (a constant image becomes 0)."""
+    """This image's own minimum and maximum to [0, 1] (a constant image becomes 0); nnU-Net's
+    ``RescaleTo01Normalization``."""
     image = np.asarray(image, dtype=np.float32)
     return _to_unit_range(image, float(image.min()), float(image.max()))
 
 
+def _none(image: np.ndarray, parameters: Mapping[str, Any]) -> np.ndarray:
+    """The intensities as they are, in float32 (nnU-Net's ``NoNormalization``)."""
+    return np.asarray(image, dtype=np.float32)
+
+
+def _rgb(image: np.ndarray, parameters: Mapping[str, Any]) -> np.ndarray:
+    """8-bit values divided by 255 (nnU-Net's ``RGBTo01Normalization``; the cache's checks
+    reject values outside 0..255, as nnU-Net asserts)."""
+    return (np.asarray(image, dtype=np.float32) / 255.0).astype(np.float32)
+
+
 #: Every intensity normalisation of the suite, by the ``scheme`` of its record:
 #: ``{"scheme": "ct", "clip": [low, high], "mean": m, "std": s}``, ``{"scheme": "zscore"}``,
-#: ``{"scheme": "window", "window": [low, high]}``, ``{"scheme": "minmax"}``.
+#: ``{"scheme": "window", "window": [low, high]}``, ``{"scheme": "minmax"}``,
+#: ``{"scheme": "none"}``, ``{"scheme": "rgb"}``.
 NORMALIZATIONS: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = {
     "ct": _ct,
     "zscore": _zscore,
     "window": _window,
     "minmax": _minmax,
+    "none": _none,
+    "rgb": _rgb,
 }
-ZSCORE_NORMALIZATION: dict[str, Any] = dict(scheme="zscore")
+#: nnU-Net v2 ``get_normalization_scheme``: a channel name of ``dataset.json``, compared
+#: case-insensitively, chooses the channel's normalisation; every other name is z-scored.
+CHANNEL_SCHEMES: dict[str, str] = {
+    "ct": "ct",
+    "nonorm": "none",
+    "zscore": "zscore",
+    "rescale_to_0_1": "minmax",
+    "rgb_to_0_1": "rgb",
+}
+
+
+def channel_scheme(channel_name: str) -> str:
+    """The normalisation scheme nnU-Net v2 gives a channel of this name (``CT`` → ``ct``,
+    ``noNorm`` → ``none``, ``rescale_to_0_1`` → ``minmax``, ``rgb_to_0_1`` → ``rgb``, any
+    other name, ``MR``, ``T2``, ``ADC`` among them, → ``zscore``)."""
+    return CHANNEL_SCHEMES.get(channel_name.casefold(), "zscore")
+
+
+def channel_normalizations(
+    normalization: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+) -> list[Mapping[str, Any]]:
+    """The per-channel normalisation records of a preprocessing record: a list, one record per
+    input channel in channel order. A single record is one channel: the form that checkpoints
+    and caches written before multi-channel inputs hold."""
+    if isinstance(normalization, Mapping):
+        return [normalization]
+    return list(normalization)
 
 
 def normalize(image: np.ndarray, normalization: Mapping[str, Any]) -> np.ndarray:
@@ -160,6 +201,9 @@ def volume_to_slices(volume: np.ndarray, intensity: Mapping[str, Any] | None = N
 
 #: nnU-Net resamples images with a cubic spline (its ``order=3``), labels here with nearest.
 IMAGE_ORDER = 3
+#: The channels of a case and its label may differ by this much in their affines (mm, direction
+#: cosines) and count as one voxel grid.
+AFFINE_TOLERANCE = 1e-3
 _RAS = axcodes2ornt("RAS")
 
 
@@ -189,7 +233,10 @@ class VolumeGeometry:
     spacing: tuple[float, float, float]
 
 
-def load_volume(path_or_img: str | Path | nib.spatialimages.SpatialImage) -> Any:
+VolumeSource = str | Path | nib.spatialimages.SpatialImage
+
+
+def load_volume(path_or_img: VolumeSource) -> Any:
     """A nibabel image from a path (anything ``nib.load`` reads) or the image itself."""
     if isinstance(path_or_img, nib.spatialimages.SpatialImage):
         return path_or_img
@@ -228,26 +275,76 @@ def resample(volume: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray
 
 
 def preprocess_image(
-    path_or_img: str | Path | nib.spatialimages.SpatialImage,
+    path_or_img: VolumeSource | Sequence[VolumeSource],
     spacing: Sequence[float],
-    normalization: Mapping[str, Any],
+    normalization: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     reorient: bool = True,
 ) -> tuple[np.ndarray, VolumeGeometry]:
-    """An image (path or nibabel image) as the network sees it, and how to go back.
+    """An image (path or nibabel image; for several input channels a sequence of them, in
+    channel order) as the network sees it, and how to go back.
 
     Reorients to the closest RAS axes (unless ``reorient`` is false: the voxel axes are kept),
-    normalises, resamples to ``spacing`` (mm, on those axes) with a cubic spline: the same steps
-    as the training cache (normalising before resampling is nnU-Net's order). Returns
-    ``(image, geometry)`` with ``image`` float32 ``(1, X, Y, Z)`` on the model grid
-    ``geometry.model_shape``.
+    normalises each channel with its own record of ``normalization`` (one record per channel, or
+    a single record for a one-channel image: ``channel_normalizations``), resamples to
+    ``spacing`` (mm, on those axes) with a cubic spline: the same steps as the training cache
+    (normalising before resampling is nnU-Net's order). Returns ``(image, geometry)`` with
+    ``image`` float32 ``(C, X, Y, Z)`` on the model grid ``geometry.model_shape``; the geometry
+    is the first channel's. The channels must be 3D images on one voxel grid (shape, and affine
+    within ``AFFINE_TOLERANCE``): otherwise a ``DataError`` naming the file.
     """
-    img = load_volume(path_or_img)
-    if len(img.shape) != 3:
-        raise DataError(f"{path_or_img}: expected a 3D image, got shape {tuple(img.shape)}")
-    geometry = volume_geometry(img, spacing, reorient)
-    image = apply_orientation(img.get_fdata(dtype=np.float32), geometry.orientation)
-    image = resample(normalize(image, normalization), geometry.model_shape, IMAGE_ORDER)
-    return image[None].astype(np.float32, copy=False), geometry
+    sources = list(path_or_img) if _is_sequence(path_or_img) else [path_or_img]
+    records = channel_normalizations(normalization)
+    if len(sources) != len(records):
+        raise DataError(
+            f"{len(sources)} image(s) given for {len(records)} input channel(s): "
+            f"{', '.join(_source_name(s) for s in sources)}"
+        )
+    images = [load_volume(source) for source in sources]
+    for source, img in zip(sources, images, strict=True):
+        if len(img.shape) != 3:
+            raise DataError(f"{_source_name(source)}: expected a 3D image, got shape {img.shape}")
+    for source, img in zip(sources[1:], images[1:], strict=False):
+        problem = grid_difference(images[0], img)
+        if problem:
+            raise DataError(
+                f"{_source_name(source)} is not on the grid of the first channel "
+                f"{_source_name(sources[0])}: {problem}"
+            )
+    geometry = volume_geometry(images[0], spacing, reorient)
+    channels = [
+        resample(
+            normalize(
+                apply_orientation(img.get_fdata(dtype=np.float32), geometry.orientation), record
+            ),
+            geometry.model_shape,
+            IMAGE_ORDER,
+        )
+        for img, record in zip(images, records, strict=True)
+    ]
+    return np.stack(channels).astype(np.float32, copy=False), geometry
+
+
+def grid_difference(reference: Any, other: Any) -> str | None:
+    """How the voxel grid of ``other`` differs from that of ``reference`` (nibabel images or
+    anything with ``shape`` and ``affine``): ``"shape (a) != (b)"`` or ``"affines differ (largest
+    difference d)"`` beyond ``AFFINE_TOLERANCE``; ``None`` when they share one grid."""
+    if tuple(other.shape) != tuple(reference.shape):
+        return f"shape {tuple(other.shape)} != {tuple(reference.shape)}"
+    difference = float(np.abs(np.asarray(other.affine) - np.asarray(reference.affine)).max())
+    if difference > AFFINE_TOLERANCE:
+        return f"affines differ (largest difference {difference:.4g})"
+    return None
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def _source_name(source: Any) -> str:
+    """A path, or the file a nibabel image was read from (``<in memory>`` when none)."""
+    if isinstance(source, nib.spatialimages.SpatialImage):
+        return source.get_filename() or "<image in memory>"
+    return str(source)
 
 
 def orient_labels(label: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:

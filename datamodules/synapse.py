@@ -133,7 +133,7 @@ class SynapseVolumeDataModule(VolumeDataModule):
         num_val_cases: int = 2
 
     title = "Synapse"
-    modality = "CT"
+    channel_names = ("CT",)
     CLASS_NAMES = CLASS_NAMES
     DOWNLOAD = DOWNLOAD
     LAYOUT = LAYOUT
@@ -154,7 +154,7 @@ class SynapseVolumeDataModule(VolumeDataModule):
             if missing:
                 problems.append(f"{case_id(number)}: missing {' and '.join(missing)}")
             else:
-                cases.append(CaseFiles(case_id(number), image, label))
+                cases.append(CaseFiles(case_id(number), (image,), label))
         return cases, problems
 
     def is_test_case(self, case_id: str) -> bool:
@@ -371,7 +371,7 @@ class SynapseSliceDataModule(SliceDataModule):
                 case_problems, arrays = check_case(case, len(CLASS_NAMES))
                 problems += case_problems
                 if arrays is not None:
-                    image = volume_to_slices(arrays[0], cls.INTENSITY)
+                    image = volume_to_slices(arrays[0][0], cls.INTENSITY)
                     label = volume_to_slices(table[np.rint(arrays[1]).astype(np.intp)])
                     if case.case_id in _TEST_IDS:
                         save_h5(out / volume_file(case.case_id), image=image, label=label)

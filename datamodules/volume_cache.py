@@ -1,13 +1,15 @@
 """The preprocessing cache of the 3D volumes: validating raw cases, preprocessing them once (in
 parallel) and the manifest that says when the cache can be trusted.
 
-1. Validate every raw case (readable, 3D, image and label on the same grid, label values in
-   range) and report every problem in one ``DataError``.
-2. Preprocess once (``datamodules.preprocessing``): reorient, normalise (CT: clip to the 0.5/99.5
-   percentiles of the training cases' foreground intensities, then z-score with their foreground
-   mean and std; MR: per-case z-score), resample to the target spacing, store ``.npy`` (image
-   float32 (C, X, Y, Z), label uint8 (X, Y, Z)) for memory-mapped patch reads, plus per class a
-   sample of foreground voxel positions for oversampling (nnU-Net's ``class_locations``).
+1. Validate every raw case (readable, 3D, every input channel and the label on one voxel grid,
+   label values in range) and report every problem in one ``DataError``.
+2. Preprocess once (``datamodules.preprocessing``): reorient, normalise each channel by its scheme
+   (``ct``: clip to the 0.5/99.5 percentiles of the training cases' foreground intensities of
+   that channel, then z-score with their foreground mean and std; ``zscore``: per-case z-score;
+   the other schemes of ``NORMALIZATIONS``), resample to the target spacing, store ``.npy``
+   (image float32 (C, X, Y, Z), label uint8 (X, Y, Z)) for memory-mapped patch reads, plus per
+   class a sample of foreground voxel positions for oversampling (nnU-Net's
+   ``class_locations``).
    Cases are checked and preprocessed by a pool of processes (``data.preprocess_workers``); each
    case draws its random samples from a seed of its own, so any number of workers writes the same
    cache.
@@ -41,9 +43,10 @@ from nibabel.filebasedimages import ImageFileError
 from datamodules.base import label_value_problem
 from datamodules.errors import DataError, problem_report
 from datamodules.preprocessing import (
-    ZSCORE_NORMALIZATION,
     VolumeGeometry,
+    channel_normalizations,
     ct_normalization,
+    grid_difference,
     orient_labels,
     preprocess_image,
 )
@@ -62,9 +65,6 @@ FOREGROUND_SAMPLES_PER_CASE = 10_000
 #: least this many (or all) and at least this share of the class's voxels.
 CLASS_LOCATION_SAMPLES = 10_000
 CLASS_LOCATION_COVERAGE = 0.01
-#: Image and label affines may differ by this much (mm, direction cosines) and count as equal.
-AFFINE_TOLERANCE = 1e-3
-
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
 
 
@@ -73,26 +73,29 @@ _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
 
 @dataclass(frozen=True)
 class CaseFiles:
-    """One raw case: its id and the image and label files."""
+    """One raw case: its id, its image files (one per input channel, in channel order) and its
+    label file."""
 
     case_id: str
-    image: Path
+    images: tuple[Path, ...]
     label: Path
 
 
 def check_case(
-    case: CaseFiles, num_classes: int
+    case: CaseFiles, num_classes: int, schemes: Sequence[str] = ()
 ) -> tuple[list[str], tuple[np.ndarray, np.ndarray] | None]:
     """Problems with one raw case, and when there are none its ``(image, label)`` arrays on the
-    file's own grid (image float32), for the foreground statistics.
+    files' own grid (image float32 ``(C, X, Y, Z)``, label ``(X, Y, Z)``), for the foreground
+    statistics.
 
-    Checks: both files readable, 3D, finite image, the same shape and (within
-    ``AFFINE_TOLERANCE``) affine, integer label values in ``0..num_classes-1``.
+    Checks: every file readable and 3D, every channel finite, the channels and the label on one
+    voxel grid (shape, and affine within ``AFFINE_TOLERANCE``), integer label values in
+    ``0..num_classes-1``; channels of the ``rgb`` scheme (``schemes``, per channel) within
+    0..255. Every problem names its file.
     """
     problems: list[str] = []
-    arrays: dict[str, np.ndarray] = {}
-    affines: dict[str, np.ndarray] = {}
-    for role, path in (("image", case.image), ("label", case.label)):
+    loaded: dict[Path, tuple[Any, np.ndarray]] = {}
+    for role, path in [*(("image", p) for p in case.images), ("label", case.label)]:
         try:
             img = nib.load(str(path))
             data = (
@@ -104,31 +107,50 @@ def check_case(
         if data.ndim != 3:
             problems.append(f"{case.case_id}: {path} is {data.ndim}D {data.shape}; expected 3D")
             continue
-        arrays[role], affines[role] = data, img.affine
-    if len(arrays) < 2:
+        loaded[path] = img, data
+    if len(loaded) < len(case.images) + 1:
         return problems, None
-    image, label = arrays["image"], arrays["label"]
-    if image.shape != label.shape:
+    first = case.images[0]
+    reference = loaded[first][0]
+    for path in case.images[1:]:
+        difference = grid_difference(reference, loaded[path][0])
+        if difference:
+            problems.append(
+                f"{case.case_id}: {path.name} is not on the grid of {first.name}: {difference}"
+            )
+    label_img, label = loaded[case.label]
+    if label.shape != reference.shape:
         problems.append(
-            f"{case.case_id}: image shape {image.shape} != label shape {label.shape} "
-            f"({case.image.name}, {case.label.name})"
+            f"{case.case_id}: image shape {reference.shape} != label shape {label.shape} "
+            f"({first.name}, {case.label.name})"
         )
-    elif not np.allclose(affines["image"], affines["label"], rtol=0, atol=AFFINE_TOLERANCE):
-        difference = np.abs(affines["image"] - affines["label"]).max()
+    elif grid_difference(reference, label_img):
+        difference = np.abs(reference.affine - label_img.affine).max()
         problems.append(
             f"{case.case_id}: image and label affines differ (largest difference {difference:.4g}; "
-            f"{case.image.name}, {case.label.name})"
+            f"{first.name}, {case.label.name})"
         )
-    if not np.isfinite(image).all():
-        problems.append(f"{case.case_id}: {case.image} contains NaN or infinite values")
+    eight_bit = {channel for channel, scheme in enumerate(schemes) if scheme == "rgb"}
+    for channel, path in enumerate(case.images):
+        data = loaded[path][1]
+        if not np.isfinite(data).all():
+            problems.append(f"{case.case_id}: {path} contains NaN or infinite values")
+        elif channel in eight_bit and (data.min() < 0 or data.max() > 255):
+            problems.append(
+                f"{case.case_id}: {path} has values {data.min():g}..{data.max():g}; its channel "
+                "is rgb_to_0_1 (8-bit values, 0..255)"
+            )
     label_problem = label_value_problem(label, num_classes)
     if label_problem:
         problems.append(f"{case.case_id}: {case.label} has {label_problem}")
-    return problems, (None if problems else (image, label))
+    if problems:
+        return problems, None
+    return problems, (np.stack([loaded[p][1] for p in case.images]), label)
 
 
 def foreground_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Up to ``FOREGROUND_SAMPLES_PER_CASE`` intensities of the voxels with ``label > 0``."""
+    """Up to ``FOREGROUND_SAMPLES_PER_CASE`` intensities of one channel ``(X, Y, Z)`` at the
+    voxels with ``label > 0``."""
     values = image[label > 0]
     if len(values) > FOREGROUND_SAMPLES_PER_CASE:
         values = rng.choice(values, FOREGROUND_SAMPLES_PER_CASE, replace=False)
@@ -146,9 +168,32 @@ def file_record(path: Path) -> dict[str, Any]:
 
 def input_records(cases: Sequence[CaseFiles]) -> list[dict[str, Any]]:
     return [
-        dict(case_id=c.case_id, image=file_record(c.image), label=file_record(c.label))
+        dict(
+            case_id=c.case_id,
+            images=[file_record(path) for path in c.images],
+            label=file_record(c.label),
+        )
         for c in cases
     ]
+
+
+def manifest_inputs(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The input records of a manifest, one ``images`` list per case. Manifests written before
+    multi-channel inputs hold one ``image`` record per case: read as a one-channel list, so
+    their caches stay valid."""
+    inputs = []
+    for entry in manifest.get("inputs", []):
+        entry = dict(entry)
+        if "image" in entry:
+            entry = dict(case_id=entry["case_id"], images=[entry["image"]], label=entry["label"])
+        inputs.append(entry)
+    return inputs
+
+
+def manifest_normalization(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-channel normalisation records of a manifest (``channel_normalizations``: a
+    single record of an older manifest is one channel)."""
+    return [dict(record) for record in channel_normalizations(manifest["normalization"])]
 
 
 def class_locations(
@@ -177,14 +222,14 @@ def class_locations(
 def preprocess_case(
     case: CaseFiles,
     spacing: Sequence[float],
-    normalization: Mapping[str, Any],
+    normalization: Sequence[Mapping[str, Any]],
     reorient: bool,
     num_classes: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], VolumeGeometry]:
-    """One raw case on the model grid: image float32 (1, X, Y, Z), label uint8 (X, Y, Z), the
-    class locations of the label and the geometry of the raw image."""
-    image, geometry = preprocess_image(case.image, spacing, normalization, reorient)
+    """One raw case on the model grid: image float32 (C, X, Y, Z), label uint8 (X, Y, Z), the
+    class locations of the label and the geometry of the raw image (its first channel)."""
+    image, geometry = preprocess_image(case.images, spacing, normalization, reorient)
     label = orient_labels(np.asanyarray(nib.load(str(case.label)).dataobj), geometry)
     return image, label, class_locations(label, num_classes, rng), geometry
 
@@ -213,7 +258,7 @@ def cache_is_current(
     manifest = read_manifest(folder)
     if manifest is None:
         return False
-    if manifest.get("parameters") != parameters or manifest.get("inputs") != list(inputs):
+    if manifest.get("parameters") != parameters or manifest_inputs(manifest) != list(inputs):
         return False
     return all(
         (folder / name).is_file()
@@ -264,21 +309,27 @@ def run_jobs(
 
 
 def _check_job(
-    case: CaseFiles, num_classes: int, sample_foreground: bool
-) -> tuple[list[str], np.ndarray | None]:
-    """``check_case`` in a worker, with the foreground intensities of a CT statistics case (seeded
-    by the case id: the same sample whatever process draws it)."""
-    problems, arrays = check_case(case, num_classes)
+    case: CaseFiles, num_classes: int, schemes: Sequence[str], sample_foreground: bool
+) -> tuple[list[str], list[np.ndarray | None] | None]:
+    """``check_case`` in a worker, with the foreground intensities of every ``ct`` channel of a
+    statistics case (``None`` for the other channels; seeded by the case id: the same sample
+    whatever process draws it)."""
+    problems, arrays = check_case(case, num_classes, schemes)
     if arrays is None or not sample_foreground:
         return problems, None
-    return problems, foreground_sample(*arrays, np.random.default_rng(_case_seed(case)))
+    image, label = arrays
+    rng = np.random.default_rng(_case_seed(case))
+    return problems, [
+        foreground_sample(channel, label, rng) if scheme == "ct" else None
+        for channel, scheme in zip(image, schemes, strict=True)
+    ]
 
 
 def _preprocess_job(
     case: CaseFiles,
     folder: Path,
     spacing: Sequence[float],
-    normalization: Mapping[str, Any],
+    normalization: Sequence[Mapping[str, Any]],
     reorient: bool,
     num_classes: int,
 ) -> dict[str, Any]:
@@ -315,7 +366,7 @@ def build_cache(
     problems: Sequence[str],
     *,
     title: str,
-    modality: str,
+    schemes: Sequence[str],
     statistics: set[str],
     spacing: Sequence[float],
     reorient: bool,
@@ -323,13 +374,14 @@ def build_cache(
     workers: int,
 ) -> None:
     """Validate ``cases`` (every problem, with the discovery's ``problems``, in one
-    ``DataError``), then preprocess them into ``folder`` and write its manifest last. CT is
-    normalised with the foreground intensities of the ``statistics`` cases."""
+    ``DataError``), then preprocess them into ``folder`` and write its manifest last. Each
+    channel is normalised by its scheme (``schemes``, one per channel); a ``ct`` channel with the
+    foreground intensities of that channel in the ``statistics`` cases."""
     started = time.perf_counter()
     with progress_bar() as progress:
         checked = run_jobs(
             _check_job,
-            [(c, num_classes, modality == "CT" and c.case_id in statistics) for c in cases],
+            [(c, num_classes, schemes, "ct" in schemes and c.case_id in statistics) for c in cases],
             workers,
             progress,
             f"{title}: checking",
@@ -337,12 +389,13 @@ def build_cache(
         problems = [*problems, *(p for case_problems, _ in checked for p in case_problems)]
         if problems:
             raise DataError(problem_report(title, problems))
-        foreground = [sample for _, sample in checked if sample is not None]
-        normalization = (
-            ct_normalization(np.concatenate(foreground))
-            if modality == "CT"
-            else dict(ZSCORE_NORMALIZATION)
-        )
+        samples = [sample for _, sample in checked if sample is not None]
+        normalization = [
+            ct_normalization(np.concatenate([sample[channel] for sample in samples]))
+            if scheme == "ct"
+            else dict(scheme=scheme)
+            for channel, scheme in enumerate(schemes)
+        ]
         # The manifest goes first so that nothing in a half-rebuilt folder is ever trusted.
         (folder / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)

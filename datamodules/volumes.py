@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from datamodules.base import DataConfig, SuiteDataModule, size_problems
 from datamodules.errors import DataError
 from datamodules.patches import CachedCase, CaseDataset, PatchDataset, augment_batch
-from datamodules.preprocessing import CT_PERCENTILES, IMAGE_ORDER
+from datamodules.preprocessing import CT_PERCENTILES, IMAGE_ORDER, channel_scheme
 from datamodules.volume_cache import (
     CACHE_FORMAT,
     CaseFiles,
@@ -28,6 +28,8 @@ from datamodules.volume_cache import (
     cache_is_current,
     cache_key,
     input_records,
+    manifest_inputs,
+    manifest_normalization,
     preprocess_workers,
     read_manifest,
 )
@@ -75,9 +77,9 @@ class VolumeDataModule(SuiteDataModule):
 
     Subclasses set the dataset constants and implement ``find_cases`` (the raw layout),
     ``make_split`` (the official split and the folds) and ``write_synthetic``. Attributes
-    available right after construction: ``in_channels``, ``num_classes``, ``class_names`` (index 0
-    ``background``), ``spacing``, ``patch_size``, ``modality``. After ``setup``: ``split``
-    (``train``/``val``/``test`` case ids) and ``normalization``.
+    available right after construction: ``channel_names`` and ``in_channels``, ``num_classes``,
+    ``class_names`` (index 0 ``background``), ``spacing``, ``patch_size``. After ``setup``:
+    ``split`` (``train``/``val``/``test`` case ids) and ``normalization``.
     """
 
     Config: ClassVar[type[VolumeConfig]] = VolumeConfig
@@ -85,15 +87,17 @@ class VolumeDataModule(SuiteDataModule):
     evaluation = "volume"
     spatial_dims = 3
     INPUT_SIZE_KEY = "patch_size"
-    #: ``CT`` (dataset-wide CT normalisation) or ``MR`` (per-case z-score).
-    modality: ClassVar[str]
+    #: The input channels by nnU-Net's ``channel_names`` convention, which also chooses each
+    #: channel's normalisation (``channel_scheme``): ``CT`` dataset-wide CT normalisation, ``MR``
+    #: (or any name without a scheme of its own) per-case z-score.
+    channel_names: tuple[str, ...]
     #: Reorient to the closest RAS axes before resampling; off keeps the voxel axes (for stacks
     #: whose slice axis must stay the third axis whatever their obliquity).
     reorient: ClassVar[bool] = True
 
     def __init__(self, config: VolumeConfig | None = None, seed: int = 0) -> None:
         super().__init__(config, seed)
-        self.spacing = tuple(float(s) for s in self.config.spacing)
+        self.spacing = self.target_spacing()
         self.patch_size = tuple(int(p) for p in self.config.patch_size)
         self.input_size = self.patch_size
         self._manifest: dict[str, Any] | None = None
@@ -106,7 +110,9 @@ class VolumeDataModule(SuiteDataModule):
                 f"patch_size must be 3 positive multiples of 16 (MedNeXt halves it four times), "
                 f"not {list(config.patch_size)}"
             )
-        if len(config.spacing) != 3 or any(s <= 0 for s in config.spacing):
+        if config.spacing is not None and (
+            len(config.spacing) != 3 or any(s <= 0 for s in config.spacing)
+        ):
             problems.append(f"spacing must be 3 positive sizes in mm, not {list(config.spacing)}")
         if config.iterations_per_epoch < 1:
             problems.append(
@@ -127,6 +133,11 @@ class VolumeDataModule(SuiteDataModule):
 
     # -- dataset specific --
 
+    def target_spacing(self) -> tuple[float, float, float]:
+        """The voxel size of the model grid, mm: ``data.spacing`` (a dataset may derive it from
+        its files when that is null)."""
+        return tuple(float(s) for s in self.config.spacing)
+
     def find_cases(self, root: Path) -> tuple[list[CaseFiles], list[str]]:
         """The raw cases under ``root`` and the problems finding them (a missing image or
         label, an unreadable Info.cfg). Raises ``DataError`` when the dataset is not there."""
@@ -143,23 +154,34 @@ class VolumeDataModule(SuiteDataModule):
 
     # -- declared --
 
+    @property
+    def in_channels(self) -> int:
+        """One network input channel per entry of ``channel_names``."""
+        return len(self.channel_names)
+
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        """The normalisation scheme of each channel (``channel_scheme`` of its name)."""
+        return tuple(channel_scheme(name) for name in self.channel_names)
+
     def synthetic_options(self) -> dict[str, Any]:
         return dict(shape=tuple(self.config.synthetic_shape))
 
     @property
-    def normalization(self) -> dict[str, Any]:
-        """The intensity normalisation of the cache (JSON-serialisable), for ``preprocess_image``
-        at prediction time: CT ``{"scheme": "ct", "clip", "mean", "std"}`` from the non-test
-        training cases, MR ``{"scheme": "zscore"}``."""
+    def normalization(self) -> list[dict[str, Any]]:
+        """The intensity normalisation of the cache, one record per channel (JSON-serialisable),
+        for ``preprocess_image`` at prediction time: ``ct`` ``{"scheme": "ct", "clip", "mean",
+        "std"}`` from that channel's foreground in the non-test training cases, per-case schemes
+        ``{"scheme": "zscore"}`` (or ``none``, ``minmax``, ``rgb``)."""
         if self._manifest is None:
             raise RuntimeError(f"{self.title}: call prepare_data() and setup() first")
-        return dict(self._manifest["normalization"])
+        return manifest_normalization(self._manifest)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
         """The keyword arguments of ``preprocess_image`` that reproduce the cache (``spacing``,
-        ``normalization``, ``reorient``; JSON-serialisable):
-        ``preprocess_image(image, **dm.preprocessing)``."""
+        ``normalization`` with one record per channel, ``reorient``; JSON-serialisable):
+        ``preprocess_image(channel_files, **dm.preprocessing)``."""
         return dict(
             spacing=list(self.spacing), normalization=self.normalization, reorient=self.reorient
         )
@@ -167,16 +189,18 @@ class VolumeDataModule(SuiteDataModule):
     # -- the cache --
 
     def preprocessing_parameters(self) -> dict[str, Any]:
-        """Everything the cached cases depend on besides the input files."""
+        """Everything the cached cases depend on besides the input files. ``modality`` is the
+        channel names joined by ``+``: for one channel the key and value that caches had before
+        multi-channel inputs, so those caches stay valid."""
         return dict(
             format=CACHE_FORMAT,
             dataset=self.config.name,
             root=str(self.root.resolve()),
             spacing=list(self.spacing),
             reorient=self.reorient,
-            modality=self.modality,
+            modality="+".join(self.channel_names),
             image_order=IMAGE_ORDER,
-            ct_percentiles=list(CT_PERCENTILES) if self.modality == "CT" else None,
+            ct_percentiles=list(CT_PERCENTILES) if "ct" in self.schemes else None,
         )
 
     @property
@@ -204,7 +228,7 @@ class VolumeDataModule(SuiteDataModule):
             cases,
             problems,
             title=f"{self.title} at {self.root}",
-            modality=self.modality,
+            schemes=self.schemes,
             statistics={c.case_id for c in cases if not self.is_test_case(c.case_id)},
             spacing=self.spacing,
             reorient=self.reorient,
@@ -234,10 +258,13 @@ class VolumeDataModule(SuiteDataModule):
         }
 
     def split_record(self) -> dict[str, Any]:
-        """The spacing, the cache, the split and every case's raw files."""
+        """The spacing, the cache, the split and every case's raw files (``images``: one per
+        channel)."""
         files = {
-            entry["case_id"]: dict(image=entry["image"]["path"], label=entry["label"]["path"])
-            for entry in self._manifest["inputs"]
+            entry["case_id"]: dict(
+                images=[image["path"] for image in entry["images"]], label=entry["label"]["path"]
+            )
+            for entry in manifest_inputs(self._manifest)
         }
         return dict(
             spacing=list(self.spacing),

@@ -121,13 +121,13 @@ def test_registry_builds_each_dataset_with_its_constants() -> None:
     dm = build_datamodule({"name": "synapse"}, seed=3)
     assert isinstance(dm, SynapseVolumeDataModule)
     assert dm.seed == 3
-    assert (dm.in_channels, dm.num_classes, dm.modality) == (1, 14, "CT")
+    assert (dm.in_channels, dm.num_classes, dm.channel_names) == (1, 14, ("CT",))
     assert dm.class_names[:3] == ["background", "spleen", "right_kidney"]
     assert dm.class_names[13] == "left_adrenal_gland"
     assert dm.spacing == (1.0, 1.0, 1.0) and dm.patch_size == (128, 128, 128)
     heart = build_datamodule({"name": "acdc"})
     assert heart.class_names == ["background", "right_ventricle", "myocardium", "left_ventricle"]
-    assert (heart.num_classes, heart.modality) == (4, "MR")
+    assert (heart.num_classes, heart.channel_names) == (4, ("MR",))
     with pytest.raises(KeyError, match=r"'acdcc'; did you mean 'acdc'\?; known: acdc, "):
         datamodule_class("acdcc")
 
@@ -222,7 +222,7 @@ def test_write_split_records_what_reproduces_it(synapse_cache: Path, tmp_path: P
     saved = json.loads((tmp_path / "split.json").read_text())
     assert saved["split"] == dm.split
     assert (saved["fold"], saved["split_seed"], saved["source"]) == (None, 0, "synthetic")
-    assert saved["files"]["case0001"]["image"].endswith("RawData/Training/img/img0001.nii.gz")
+    assert saved["files"]["case0001"]["images"][0].endswith("RawData/Training/img/img0001.nii.gz")
     assert len(saved["files"]) == 30
 
 
@@ -256,14 +256,14 @@ def test_synapse_loaders(synapse_cache: Path) -> None:
 
 def test_acdc_loaders_and_per_case_zscore(acdc_ready: ACDCVolumeDataModule) -> None:
     check_loaders(acdc_ready, ACDC_PATCH)
-    assert acdc_ready.normalization == {"scheme": "zscore"}
+    assert acdc_ready.normalization == [{"scheme": "zscore"}]
     image = next(iter(acdc_ready.test_dataloader()))["image"]
     assert abs(image.mean()) < 0.05 and abs(image.std() - 1) < 0.05
 
 
 def test_ct_normalization_comes_from_the_training_foreground(synapse_cache: Path) -> None:
     dm = ready(synapse(synapse_cache, source="synthetic"))
-    norm = dm.normalization
+    (norm,) = dm.normalization
     assert norm["scheme"] == "ct"
     low, high = norm["clip"]
     # synthetic organs lie between -30 and 370 HU with 12 HU noise; air and fat are excluded
@@ -406,7 +406,7 @@ def test_synapse_root_may_point_at_any_level_of_the_archive(
     dm = synapse(tmp_path / "cache", root=str(tmp_path / root))
     cases, problems = dm.find_cases(tmp_path / root)
     assert not problems and len(cases) == 30
-    assert cases[0].image == training / "img" / "img0001.nii.gz"
+    assert cases[0].images == (training / "img" / "img0001.nii.gz",)
 
 
 def test_validation_lists_every_problem_in_one_error(

@@ -63,7 +63,7 @@ def test_checkpoint_loads_with_weights_only_and_carries_the_preprocessing(
         synapse_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
     )
     assert task.preprocessing["spacing"] == [2.0, 2.0, 4.0]
-    assert task.preprocessing["normalization"]["scheme"] == "ct"
+    assert [n["scheme"] for n in task.preprocessing["normalization"]] == ["ct"]
     assert task.hparams.num_classes == 14 and task.hparams.class_names[1] == "spleen"
 
 
