@@ -24,15 +24,16 @@ from mednext.files import atomic_folder
 if TYPE_CHECKING:
     from datamodules.base import SuiteDataModule
 
-#: Registry name -> (module, class): ``VolumeDataModule`` subclasses for the 3D segmentation sets,
-#: ``SliceDataModule`` for their 2D releases, ``ImageFolderDataModule`` for the classification
-#: sets.
+#: Registry name -> (module, class): ``VolumeDataModule`` subclasses for the 3D segmentation sets
+#: (``nnunet``: any nnU-Net v2 raw dataset folder), ``SliceDataModule`` for their 2D releases,
+#: ``ImageFolderDataModule`` for the classification sets.
 _LOCATIONS: dict[str, tuple[str, str]] = {
     "synapse": ("datamodules.synapse", "SynapseVolumeDataModule"),
     "acdc": ("datamodules.acdc", "ACDCVolumeDataModule"),
     "synapse2d": ("datamodules.synapse", "SynapseSliceDataModule"),
     "acdc2d": ("datamodules.acdc", "ACDCSliceDataModule"),
     "brain_demo": ("datamodules.brain_demo", "BrainDemoDataModule"),
+    "nnunet": ("datamodules.nnunet", "NnUNetDataModule"),
     "sarscov2": ("datamodules.sarscov2", "SarsCov2DataModule"),
     "msld": ("datamodules.msld", "MSLDDataModule"),
     "covidct": ("datamodules.covidct", "CovidCTDataModule"),

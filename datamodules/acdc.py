@@ -27,6 +27,7 @@ import numpy as np
 from datamodules import synthetic
 from datamodules.base import dataset_not_found, dataset_root, kfold
 from datamodules.errors import DataError, problem_report
+from datamodules.nnunet_layout import DATASET_JSON, converted_cases
 from datamodules.preprocessing import volume_to_slices
 from datamodules.releases import (
     Release,
@@ -63,7 +64,8 @@ LAYOUT = """\
   <root>/training/patient001/patient001_frame01.nii.gz and patient001_frame01_gt.nii.gz
   <root>/training/patient001/patient001_frame12.nii.gz and patient001_frame12_gt.nii.gz
   ... patient001 to patient100
-(or the newer release: <root>/database/training/patient001/..., database/testing/patient101/...)"""
+(or the newer release: <root>/database/training/patient001/..., database/testing/patient101/...;
+ or nnU-Net's Dataset027_ACDC: <root>/dataset.json, imagesTr/patient001_frame01_0000.nii.gz ...)"""
 
 
 def patient_name(number: int) -> str:
@@ -158,6 +160,8 @@ class ACDCVolumeDataModule(VolumeDataModule):
     reorient = False
 
     def find_cases(self, root: Path) -> tuple[list[CaseFiles], list[str]]:
+        if (root / DATASET_JSON).is_file():
+            return self.find_converted_cases(root)
         folders = find_patient_folders(root)
         cases, problems = [], []
         for patient in TRAINING_PATIENTS:
@@ -180,6 +184,29 @@ class ACDCVolumeDataModule(VolumeDataModule):
                 else:
                     cases.append(CaseFiles(case_id(patient, phase), (image,), label))
         return cases, problems
+
+    def find_converted_cases(self, root: Path) -> tuple[list[CaseFiles], list[str]]:
+        """The frames of nnU-Net's ``Dataset027_ACDC`` conversion at ``root``: case ids are
+        nnU-Net's, ``patient001_frame01`` (the conversion drops ``Info.cfg``, so the phase is not
+        known), two labelled frames for each of the patients 001-100; the patient split applies
+        as to the raw download."""
+        converted, problems = converted_cases(root, self.title, 1, len(CLASS_NAMES))
+        frames: dict[int, list[CaseFiles]] = {}
+        for case in converted:
+            if not _FRAME_CASE.fullmatch(case.case_id) or _patient(case.case_id) > 100:
+                problems.append(
+                    f"{case.case_id} ({case.label}) is not a frame patientXXX_frameYY of the "
+                    "patients 001-100"
+                )
+            else:
+                frames.setdefault(_patient(case.case_id), []).append(case)
+        problems += [
+            f"{patient_name(p)}: {len(frames.get(p, []))} labelled frame(s) in "
+            f"{root / 'imagesTr'}, expected 2 (ED and ES)"
+            for p in TRAINING_PATIENTS
+            if len(frames.get(p, [])) != 2
+        ]
+        return [case for p in sorted(frames) for case in frames[p]], problems
 
     def is_test_case(self, case_id: str) -> bool:
         return _patient(case_id) in TEST_PATIENTS
@@ -205,8 +232,12 @@ class ACDCVolumeDataModule(VolumeDataModule):
         return write_acdc(root, seed=seed, **options)
 
 
+#: A case of nnU-Net's ACDC conversion.
+_FRAME_CASE = re.compile(r"patient\d{3}_frame\d{2}")
+
+
 def _patient(case_id: str) -> int:
-    """``patient001_ED`` → 1."""
+    """``patient001_ED`` (or ``patient001_frame01``) → 1."""
     return int(case_id[len("patient") : len("patient") + 3])
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from datamodules import synthetic
 from datamodules.base import dataset_not_found, dataset_root, kfold, seeded_sample
 from datamodules.errors import DataError, problem_report
+from datamodules.nnunet_layout import DATASET_JSON, converted_cases
 from datamodules.preprocessing import volume_to_slices
 from datamodules.releases import (
     Release,
@@ -68,7 +69,8 @@ DOWNLOAD = "https://www.synapse.org/#!Synapse:syn3193805/wiki/217789 (Files: Abd
 LAYOUT = """\
   <root>/RawData/Training/img/img0001.nii.gz ... img0040.nii.gz    (30 CT volumes)
   <root>/RawData/Training/label/label0001.nii.gz ... label0040.nii.gz
-(<root> may also be the RawData folder itself, or hold Abdomen/RawData/...)"""
+(<root> may also be the RawData folder itself, or hold Abdomen/RawData/...; or an nnU-Net v2 copy:
+ <root>/dataset.json, imagesTr/img0001_0000.nii.gz ..., labelsTr/img0001.nii.gz ...)"""
 
 
 def case_id(number: int) -> str:
@@ -145,6 +147,8 @@ class SynapseVolumeDataModule(VolumeDataModule):
             raise DataError(f"num_val_cases must be 1..17, not {self.config.num_val_cases}")
 
     def find_cases(self, root: Path) -> tuple[list[CaseFiles], list[str]]:
+        if (root / DATASET_JSON).is_file():
+            return self.find_converted_cases(root)
         folder = find_training_folder(root)
         cases, problems = [], []
         for number in TRAINING_CASES:
@@ -155,6 +159,34 @@ class SynapseVolumeDataModule(VolumeDataModule):
                 problems.append(f"{case_id(number)}: missing {' and '.join(missing)}")
             else:
                 cases.append(CaseFiles(case_id(number), (image,), label))
+        return cases, problems
+
+    def find_converted_cases(self, root: Path) -> tuple[list[CaseFiles], list[str]]:
+        """The 30 training cases of an nnU-Net v2 copy of BTCV at ``root``: each case id's last
+        number is the BTCV volume (``img0001``, ``0001``, ``BTCV_01`` → ``case0001``), so the
+        TransUNet split applies as to the raw download."""
+        converted, problems = converted_cases(root, self.title, 1, len(CLASS_NAMES))
+        by_number: dict[int, CaseFiles] = {}
+        for case in converted:
+            digits = re.findall(r"\d+", case.case_id)
+            number = int(digits[-1]) if digits else None
+            if number not in TRAINING_CASES:
+                problems.append(
+                    f"{case.case_id} ({case.label}) is not one of the 30 BTCV training volumes "
+                    "(its last number: 1-10, 21-40)"
+                )
+            elif number in by_number:
+                problems.append(
+                    f"{case.case_id} and {by_number[number].case_id} are both BTCV volume {number}"
+                )
+            else:
+                by_number[number] = case
+        problems += [
+            f"{case_id(n)}: no case numbered {n} in {root / 'imagesTr'}"
+            for n in TRAINING_CASES
+            if n not in by_number
+        ]
+        cases = [CaseFiles(case_id(n), c.images, c.label) for n, c in sorted(by_number.items())]
         return cases, problems
 
     def is_test_case(self, case_id: str) -> bool:

@@ -114,7 +114,7 @@ def test_models_and_data_point_one_way() -> None:
     """docs/architecture.md: the networks know nothing of the runner, the data layer nothing of
     the tasks, and a mechanism nothing of the datasets built on it."""
     graph = import_graph()
-    datasets = {"synapse", "acdc", "brain_demo", "sarscov2", "msld", "covidct"}
+    datasets = {"synapse", "acdc", "brain_demo", "nnunet", "sarscov2", "msld", "covidct"}
     for module, targets in graph.items():
         if module.startswith("mednext.models"):
             assert all(t.startswith("mednext.models") or t == "mednext.files" for t in targets), (
@@ -126,7 +126,8 @@ def test_models_and_data_point_one_way() -> None:
                 module,
                 targets,
             )
-        if module in {f"datamodules.{m}" for m in ("base", "volumes", "slices", "image_folders")}:
+        mechanisms = ("base", "volumes", "volume_cache", "nnunet_layout", "slices", "image_folders")
+        if module in {f"datamodules.{m}" for m in mechanisms}:
             assert not targets & {f"datamodules.{d}" for d in datasets}, (module, targets)
     assert graph["datamodules.synthetic"] <= {"mednext.files"}
 
