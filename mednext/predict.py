@@ -1,6 +1,8 @@
 """Inference with a trained checkpoint.
 
-- segmentation: NIfTI in, NIfTI label map out on the input's own grid;
+- segmentation: NIfTI in, NIfTI label map out on the input's own grid; a model of several input
+  channels reads one file per channel in nnU-Net's naming (``<case>_0000.nii.gz``,
+  ``<case>_0001.nii.gz``, ...) and writes ``<case>.nii.gz``;
 - classification: images (or folders of them) in, one CSV of per-class probabilities out.
 
 The checkpoint carries everything the preprocessing needs (segmentation: target spacing,
@@ -14,13 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from datamodules.errors import DataError
+from datamodules.errors import DataError, problem_report
+from datamodules.nnunet_layout import FILE_ENDINGS, channel_of, group_channels, missing_channels
 from datamodules.preprocessing import (
     eval_transform,
     list_images,
@@ -79,6 +83,61 @@ def output_name(path: Path) -> str:
     return f"{name}.nii.gz"
 
 
+@dataclass(frozen=True)
+class VolumeInput:
+    """One case to segment: its image files (one per input channel, in channel order) and the
+    name of the label map written for it."""
+
+    files: tuple[Path, ...]
+    output: str
+
+
+def volume_inputs(inputs: Sequence[Path], channels: int) -> list[VolumeInput]:
+    """The cases of the NIfTI ``inputs`` (files, or folders of them) for a model of
+    ``channels`` input channels.
+
+    One channel: every file is a case, written as its own name (``case.nii.gz``), except that a
+    file in nnU-Net naming ``<case>_0000.nii.gz`` is written as ``<case>.nii.gz``. Several
+    channels: files in nnU-Net naming ``<case>_<XXXX>.nii.gz`` grouped by case and folder, every
+    case needing each channel ``0000`` to ``C-1``, written as ``<case>.nii.gz``, as nnU-Net's
+    predictor does. Every naming problem (a file not so named, a missing channel, two inputs
+    written to one name) in one ``DataError`` naming the files."""
+    files = nifti_inputs(inputs)
+    problems: list[str] = []
+    if channels == 1:
+        cases = []
+        for path in files:
+            named = channel_of(path.name, FILE_ENDINGS)
+            output = f"{named[0]}.nii.gz" if named and named[1] == 0 else output_name(path)
+            cases.append(VolumeInput((path,), output))
+    else:
+        cases = []
+        for folder in sorted({path.parent for path in files}):
+            grouped, naming = group_channels(
+                [p for p in files if p.parent == folder], FILE_ENDINGS, channels
+            )
+            problems += naming
+            for case, channel_files in sorted(grouped.items()):
+                if len(channel_files) < channels:
+                    problems += missing_channels(case, channel_files, channels)
+                else:
+                    ordered = tuple(channel_files[c] for c in range(channels))
+                    cases.append(VolumeInput(ordered, f"{case}.nii.gz"))
+    writers: dict[str, list[Path]] = {}
+    for case in cases:
+        writers.setdefault(case.output, []).append(case.files[0])
+    problems += [
+        f"{len(sources)} inputs would be written to {name}: {', '.join(map(str, sources))}"
+        for name, sources in writers.items()
+        if len(sources) > 1
+    ]
+    if problems:
+        naming = "<case>" if channels == 1 else f"<case>_0000 ... <case>_{channels - 1:04d}"
+        title = f"inputs of a model of {channels} input channel(s) ({naming}.nii.gz per case)"
+        raise DataError(problem_report(title, problems))
+    return cases
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -117,19 +176,20 @@ def load_task(checkpoint: Path, device: torch.device, kind: str = "segmentation"
 
 
 @torch.no_grad()
-def segment_volume(task, image: nib.Nifti1Image, device: torch.device) -> np.ndarray:
-    """Integer labels on ``image``'s own voxel grid (same shape as the image's spatial axes).
+def segment_volume(task, images: Sequence[nib.Nifti1Image], device: torch.device) -> np.ndarray:
+    """Integer labels on the voxel grid of ``images`` (one per input channel, all on one grid;
+    the result has the shape of their spatial axes).
 
-    A 2D network (TransUNet protocol) segments the axial slices ``volume[:, :, k]`` one by one,
-    with the release's intensity scaling, each zoomed to the model size and back; a 3D network
-    runs sliding-window inference on the preprocessed volume."""
+    A 2D network (TransUNet protocol) segments the axial slices ``volume[:, :, k]`` of its one
+    channel one by one, with the release's intensity scaling, each zoomed to the model size and
+    back; a 3D network runs sliding-window inference on the preprocessed volume."""
     if task.hparams.protocol == "transunet":
         slices = volume_to_slices(
-            np.asarray(image.dataobj, dtype=np.float32), task.preprocessing["intensity"]
+            np.asarray(images[0].dataobj, dtype=np.float32), task.preprocessing["intensity"]
         )
         labels = task.predict_slices(torch.from_numpy(slices)).numpy()
         return np.ascontiguousarray(np.transpose(labels, (1, 2, 0)))
-    array, geometry = preprocess_image(image, **task.preprocessing)
+    array, geometry = preprocess_image(images, **task.preprocessing)
     x = torch.from_numpy(np.ascontiguousarray(array))[None].to(device)
     labels = task.predict_probabilities(x).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
     return restore_labels(labels, geometry)
@@ -152,28 +212,33 @@ def predict_command(
 def segment_volumes(
     task, inputs: Sequence[Path], out_dir: Path, device: torch.device, mirror_tta: bool | None
 ) -> int:
-    """Segment every NIfTI input into ``out_dir``; ``mirror_tta`` overrides the run's
-    ``eval.mirror_tta`` unless None."""
+    """Segment every case of the NIfTI inputs (``volume_inputs``: one file per input channel)
+    into ``out_dir``; ``mirror_tta`` overrides the run's ``eval.mirror_tta`` unless None."""
     if mirror_tta is not None:
         task.hparams.evaluation["mirror_tta"] = mirror_tta
-    files = nifti_inputs(inputs)
+    cases = volume_inputs(inputs, task.hparams.in_channels)
     out_dir.mkdir(parents=True, exist_ok=True)
     with progress_bar(transient=True) as progress:
-        for path in progress.track(files, description="segmenting"):
-            try:
-                image = nib.load(path)
-            except Exception as error:  # nibabel raises several types for unreadable files
-                raise ValueError(f"{path}: not a readable NIfTI file ({error})") from error
-            labels = segment_volume(task, image, device)
-            header = image.header.copy()
+        for case in progress.track(cases, description="segmenting"):
+            images = [read_nifti(path) for path in case.files]
+            labels = segment_volume(task, images, device)
+            header = images[0].header.copy()
             header.set_data_dtype(np.uint8)
             header["scl_slope"], header["scl_inter"] = 1, 0
-            result = nib.Nifti1Image(labels.astype(np.uint8), image.affine, header)
-            destination = out_dir / output_name(path)
+            result = nib.Nifti1Image(labels.astype(np.uint8), images[0].affine, header)
+            destination = out_dir / case.output
             with atomic_path(destination) as temporary:
                 nib.save(result, temporary)
-            print(f"{path} -> {destination}")
+            print(f"{', '.join(map(str, case.files))} -> {destination}")
     return 0
+
+
+def read_nifti(path: Path) -> nib.Nifti1Image:
+    """The NIfTI image at ``path``; ``ValueError`` naming the file when it cannot be read."""
+    try:
+        return nib.load(path)
+    except Exception as error:  # nibabel raises several types for unreadable files
+        raise ValueError(f"{path}: not a readable NIfTI file ({error})") from error
 
 
 # --- classification ------------------------------------------------------------------------
