@@ -241,6 +241,7 @@ class SuiteDataModule(L.LightningDataModule):
       file is read);
     - ``preprocessing``: what inference needs to reproduce the input pipeline (JSON-serialisable;
       kept in every checkpoint);
+    - ``fold_count``: the folds ``data.fold`` chooses from;
     - ``split`` after ``setup`` and ``write_split``.
 
     A mechanism sets ``task``, ``evaluation``, ``spatial_dims``, ``INPUT_SIZE_KEY`` and
@@ -284,6 +285,12 @@ class SuiteDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def fold_count(self) -> int:
+        """How many folds ``data.fold`` chooses from (``0..fold_count-1``): ``data.num_folds``,
+        unless the dataset has folds of its own (an nnU-Net ``splits_final.json``)."""
+        return self.config.num_folds
 
     @property
     def input_size_setting(self) -> str:
