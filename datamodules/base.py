@@ -211,6 +211,9 @@ class DataConfig:
         cache_dir: the dataset's cache folder (default
             ``${MEDNEXT_CACHE:-~/.cache/mednext}/<name>``).
         synthetic_seed: seed of the synthetic copy.
+        plan: a plan file of ``mednext plan`` whose ``spacing``, ``patch_size`` and
+            ``batch_size`` the experiment takes (the configuration reads it; command-line keys
+            still win).
     """
 
     name: str = ""
@@ -224,6 +227,7 @@ class DataConfig:
     augment: bool = True
     cache_dir: str | None = None
     synthetic_seed: int = 0
+    plan: str | None = None
 
 
 class SuiteDataModule(L.LightningDataModule):

@@ -77,11 +77,20 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from mednext.runs.train import test_run
+    from mednext.runs.train import test_ensemble, test_run
     from mednext.tasks import headline_lines
 
-    run_dir, summary = test_run(Path(args.target), _console())
-    print(f"run directory: {run_dir}")
+    targets = [Path(target) for target in args.targets]
+    if len(targets) == 1 and args.out is None:
+        run_dir, summary = test_run(targets[0], _console())
+        print(f"run directory: {run_dir}")
+    else:
+        try:
+            run_dir, summary = test_ensemble(targets, args.out and Path(args.out), _console())
+        except ValueError as error:
+            print(f"mednext test: {error}", file=sys.stderr)
+            return 2
+        print(f"ensemble of {len(targets)}: {run_dir}")
     for line in headline_lines(summary):
         print(line)
     return 0
@@ -90,9 +99,13 @@ def _test(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from mednext.predict import predict_command
 
-    return predict_command(
-        Path(args.checkpoint), [Path(p) for p in args.inputs], Path(args.out), args
-    )
+    try:
+        return predict_command([Path(p) for p in args.paths], Path(args.out), args)
+    except ValueError as error:
+        # What the models and inputs given are (not a checkpoint of the suite, members that
+        # disagree, no input after the models): the message names the file.
+        print(f"mednext predict: {error}", file=sys.stderr)
+        return 2
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -118,6 +131,16 @@ def _sweep(args: argparse.Namespace) -> int:
     from mednext.sweep import sweep_command
 
     return sweep_command(args, _console())
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from mednext.plan import plan_command
+
+    try:
+        return plan_command(args, _console())
+    except ValueError as error:
+        print(f"mednext plan: {error}", file=sys.stderr)
+        return 2
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -173,26 +196,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = commands.add_parser(
         "test",
-        help="test a trained run (or checkpoint) on its held-out split",
+        help="test a trained run (or checkpoint, or an ensemble of runs) on its held-out split",
         description="Evaluate the best checkpoint of RUN_DIR (or the checkpoint CKPT) on the test "
-        "split of its experiment and update the run's results.json.",
+        "split of its experiment and update the run's results.json. Several runs (e.g. the "
+        "folds of a cross-validation) are tested as an ensemble, their class probabilities "
+        "averaged; the metrics go to OUT/ensemble.json.",
     )
-    test.add_argument("target", help="run directory or checkpoint file")
+    test.add_argument("targets", nargs="+", metavar="RUN", help="run directories or checkpoints")
+    test.add_argument(
+        "--out",
+        default=None,
+        help="ensemble: output folder (default: <output.root>/<experiment>/ensembles/<time>)",
+    )
     test.set_defaults(handler=_test)
 
     predict = commands.add_parser(
         "predict",
-        help="segment NIfTI volumes or classify images with a trained checkpoint",
+        help="segment NIfTI volumes or classify images with trained runs (one or an ensemble)",
         description="Segmentation checkpoints: read each INPUT (NIfTI), preprocess it as in "
         "training, run sliding-window inference, and write an integer label map on the input's "
         "own grid, affine and header to OUT/<name>.nii.gz. Classification checkpoints: read each "
         "image (folders: every image below them), preprocess it as in evaluation, and write "
-        "OUT/predictions.csv with the predicted class and the probability of every class.",
+        "OUT/predictions.csv with the predicted class and the probability of every class. "
+        "Several models (e.g. the folds of a cross-validation) average their class "
+        "probabilities before the argmax, as nnU-Net's ensembling does.",
     )
     predict.add_argument(
-        "checkpoint", help="a checkpoint of the suite (e.g. checkpoints/best.ckpt)"
+        "paths",
+        nargs="+",
+        metavar="MODEL... INPUT",
+        help="first the model(s): checkpoints of the suite (.ckpt) or run folders (their "
+        "best.ckpt, else last.ckpt); several models are an ensemble whose probabilities are "
+        "averaged; then the NIfTI files or images, or folders of them",
     )
-    predict.add_argument("inputs", nargs="+", help="NIfTI files or images, or folders of them")
     predict.add_argument("--out", required=True, help="output folder")
     mirroring = predict.add_mutually_exclusive_group()
     mirroring.add_argument(
@@ -210,6 +246,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     predict.set_defaults(handler=_predict)
+
+    plan = commands.add_parser(
+        "plan",
+        help="fingerprint a 3D dataset and plan spacing, patch and batch size for a GPU",
+        description="Read every training case of DATASET once (spacings, shapes, foreground "
+        "intensities per channel, as nnU-Net's fingerprint), then plan the target spacing, "
+        "patch size and batch size of the experiment's network for --gpu-memory from the "
+        "network's measured activation memory, nnU-Net v2's 3d_fullres rules otherwise. "
+        "Writes a plan file that an experiment uses with data.plan=FILE.",
+    )
+    plan.add_argument(
+        "dataset",
+        help="an nnU-Net dataset folder (DatasetXXX_Name) or an experiment name (its data)",
+    )
+    plan.add_argument("overrides", nargs="*", help="key=value overrides of the experiment")
+    plan.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=24.0,
+        metavar="GB",
+        help="memory target per GPU in GiB (default 24; nnU-Net's ResEnc presets: M 8, L 24, "
+        "XL 40)",
+    )
+    plan.add_argument(
+        "--experiment",
+        default=None,
+        help="for a dataset folder: the experiment whose network is planned "
+        "(default nnunet_mednext_s)",
+    )
+    plan.add_argument(
+        "--precision",
+        default=None,
+        help="training precision assumed (default: the experiment's trainer.precision)",
+    )
+    plan.add_argument(
+        "--out", default=None, help="plan file (default plans/<dataset>_<experiment>_<GB>gb.yaml)"
+    )
+    plan.set_defaults(handler=_plan)
 
     sweep_parser = commands.add_parser(
         "sweep",

@@ -335,6 +335,31 @@ def _typed(schema: Any, values: Any, group: str, sources: Sequence[Source]) -> D
         raise ConfigError(f"{full!r} in {_source_of(full, sources)}: {message}") from error
 
 
+#: The keys of a plan file's ``data:`` that an experiment takes (``mednext plan``).
+PLAN_KEYS = ("spacing", "patch_size", "batch_size")
+
+
+def _plan_source(path: Path, merged: DictConfig) -> Source:
+    """The ``data`` keys of plan file ``path`` as a layer of configuration; a ``ConfigError``
+    when it cannot be read or was made for another network."""
+    if not path.is_file():
+        raise ConfigError(f"data.plan: {path} does not exist (`mednext plan` writes one)")
+    values = _load_yaml(path)
+    data = values.get("data")
+    if not isinstance(data, DictConfig) or not any(key in data for key in PLAN_KEYS):
+        raise ConfigError(f"data.plan: {path} has no data: {', '.join(PLAN_KEYS)} (not a plan)")
+    planned = values.get("model") or {}
+    for key in ("name", "variant"):
+        wanted, have = planned.get(key), OmegaConf.select(merged, f"model.{key}", default=None)
+        if wanted is not None and wanted != have:
+            raise ConfigError(
+                f"data.plan: {path} was made for model.{key}={wanted}, this experiment has "
+                f"model.{key}={have}; plan again with `mednext plan` for this network"
+            )
+    picked = {key: data[key] for key in PLAN_KEYS if key in data}
+    return Source(f"plan {path}", OmegaConf.create({"data": picked}))
+
+
 def compose(name_or_path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> DictConfig:
     """The validated, fully resolved configuration of an experiment."""
     path = resolve_experiment_path(name_or_path)
@@ -342,6 +367,11 @@ def compose(name_or_path: str | os.PathLike[str], overrides: Sequence[str] = ())
     merged = OmegaConf.merge(*(source.values for source in sources))
     if not isinstance(merged, DictConfig):
         raise ConfigError(f"{path}: not a mapping")
+    plan = OmegaConf.select(merged, "data.plan", default=None)
+    if plan:
+        # The plan's data keys sit between the experiment's files and the command line.
+        sources.insert(len(sources) - 1, _plan_source(Path(str(plan)), merged))
+        merged = OmegaConf.merge(*(source.values for source in sources))
     _check_keys(sources, merged)
     data_schema = _data_config_class(merged)
     data = _typed(data_schema, merged.get("data", {}), "data", sources)

@@ -195,14 +195,29 @@ def segment_volume(task, images: Sequence[nib.Nifti1Image], device: torch.device
     return restore_labels(labels, geometry)
 
 
-def predict_command(
-    checkpoint: Path, inputs: Sequence[Path], out_dir: Path, args: argparse.Namespace
-) -> int:
-    """``mednext predict``: label maps (segmentation) or a CSV of class probabilities
-    (classification), written atomically into ``out_dir``."""
+def predict_command(paths: Sequence[Path], out_dir: Path, args: argparse.Namespace) -> int:
+    """``mednext predict MODEL... INPUT... --out DIR``: label maps (segmentation) or a CSV of
+    class probabilities (classification), written atomically into ``out_dir``. Several models
+    (checkpoints or run folders: the folds of a cross-validation, other networks of the dataset)
+    are an ensemble: their class probabilities are averaged before the argmax."""
+    from mednext.ensemble import combine, member_checkpoint, split_models_and_inputs
+
+    models, inputs = split_models_and_inputs(paths)
     device = _device(args.device)
-    kind = checkpoint_task_kind(checkpoint)
-    task = load_task(checkpoint, device, kind)
+    checkpoints = []
+    for model in models:
+        checkpoint, notice = member_checkpoint(model)
+        if notice:
+            print(notice, file=sys.stderr)
+        checkpoints.append(checkpoint)
+    kinds = [checkpoint_task_kind(checkpoint) for checkpoint in checkpoints]
+    for kind, checkpoint in zip(kinds[1:], checkpoints[1:], strict=True):
+        if kind != kinds[0]:
+            raise ValueError(f"{checkpoint}: a {kind} model, {checkpoints[0]} a {kinds[0]} one")
+    kind = kinds[0]
+    task = combine([load_task(c, device, kind) for c in checkpoints], checkpoints)
+    if len(checkpoints) > 1:
+        print(f"ensemble of {len(checkpoints)} models: probabilities averaged", file=sys.stderr)
     if kind == "classification":
         return classify_images(task, image_inputs(inputs), out_dir, device, args.batch_size)
     mirror = True if args.mirror_tta else (False if args.fast else None)

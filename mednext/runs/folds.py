@@ -8,7 +8,8 @@ line that resumes it is the one printed. At the end the folds' validation and te
 metrics are printed with their mean and standard deviation; the leaderboard shows the same as one
 row (the runs share a ``group_key``).
 
-Nothing here imports torch.
+Importing this module loads neither torch nor Lightning (the DataModule is built inside
+``train_folds``).
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def train_folds(
     finish, else 0."""
     import time
 
-    num_folds = int(config["data"]["num_folds"])
+    from datamodules import build_datamodule
+
+    # A dataset with its own folds (nnU-Net's splits_final.json) says how many it has.
+    datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
+    num_folds = int(getattr(datamodule, "fold_count", None) or config["data"]["num_folds"])
     root = Path(config["output"]["root"])
     runs: dict[int, Path] = {}
     for fold, command in enumerate(fold_commands(experiment, overrides, num_folds)):

@@ -9,9 +9,11 @@ leaderboard and W&B are updated at the end whatever happened.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import shlex
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,16 +22,20 @@ from typing import Any
 import lightning as L
 import torch
 
+from mednext.files import write_json
 from mednext.leaderboard import refresh_leaderboard
 from mednext.runs.callbacks import RunCSVLogger, RunStatusCallback, SplitWriter, checkpointing
 from mednext.runs.launch import run_location, shared_with_launched_ranks
 from mednext.runs.layout import (
     CHECKPOINTS,
     CONFIG,
+    SPLIT,
     RunRecorder,
     best_checkpoint,
     finite,
+    git_commit,
     leaderboard_dir,
+    new_run_dir,
     read_results,
     resolve_checkpoint,
     run_and_checkpoint,
@@ -263,16 +269,12 @@ def _train_and_test(
         _wandb_summary(trainer, recorder.results)
 
 
-def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
-    """``mednext test RUN_DIR|CKPT``: evaluate a checkpoint on the test split of its run's
-    experiment (``config.yaml`` beside it), in one process on one device, and record the metrics
-    in the run's results.json."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
+def _member_task(run_dir: Path, checkpoint: Path) -> tuple[dict[str, Any], Any, Any]:
+    """``(configuration, DataModule, task with the checkpoint's weights)`` of one trained run,
+    rebuilt from its ``config.yaml``."""
     from datamodules import build_datamodule
     from mednext.config import as_dict, compose
 
-    run_dir, checkpoint = run_and_checkpoint(target)
     config_path = run_dir / CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: the run's configuration is missing")
@@ -280,7 +282,18 @@ def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
     datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
     task = build_task(config, datamodule)
     task.output_dir = run_dir
-    # One process on one device, whatever the run trained on (a DDP run's test matches it).
+    # The weights alone: a Trainer given ckpt_path would also want the training callbacks back.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    task.load_state_dict(state["state_dict"])
+    task.on_load_checkpoint(state)
+    return config, datamodule, task
+
+
+def _test_trainer(config: Mapping[str, Any], output_dir: Path, console: Any) -> L.Trainer:
+    """A Trainer that tests in one process on one device, whatever the run trained on (a DDP
+    run's test matches it)."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
     trainer_arguments = {
         k: v for k, v in config["trainer"].items() if k in ("accelerator", "precision")
     }
@@ -288,17 +301,22 @@ def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
     notice = precision_fallback(trainer_arguments)
     if notice:
         console.print(f"[yellow]{notice}[/yellow]")
-    trainer = L.Trainer(
+    return L.Trainer(
         **trainer_arguments,
-        default_root_dir=run_dir,
+        default_root_dir=output_dir,
         logger=False,
         callbacks=[RichProgressBar()],
     )
+
+
+def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
+    """``mednext test RUN_DIR|CKPT``: evaluate a checkpoint on the test split of its run's
+    experiment (``config.yaml`` beside it), in one process on one device, and record the metrics
+    in the run's results.json."""
+    run_dir, checkpoint = run_and_checkpoint(target)
+    config, datamodule, task = _member_task(run_dir, checkpoint)
+    trainer = _test_trainer(config, run_dir, console)
     _prepare_network(task, trainer, console)
-    # The weights alone: a Trainer given ckpt_path would also want the training callbacks back.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    task.load_state_dict(state["state_dict"])
-    task.on_load_checkpoint(state)
     trainer.test(task, datamodule=datamodule)
     summary = task.last_evaluation["summary"]
     if trainer.is_global_zero:
@@ -308,3 +326,65 @@ def test_run(target: Path, console: Any) -> tuple[Path, dict[str, float]]:
         recorder.set_metrics("test", summary)
         refresh_leaderboard(Path(config["output"]["root"]), leaderboard_dir(config), console)
     return run_dir, summary
+
+
+#: What ``mednext test RUN_A RUN_B ...`` writes beside its per-case table.
+ENSEMBLE_RECORD = "ensemble.json"
+
+
+def _test_split(run_dir: Path) -> Any:
+    """The test part of a run's ``split.json`` (None when it has none)."""
+    path = run_dir / SPLIT
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    split = record.get("split", record)
+    return split.get("test") if isinstance(split, Mapping) else None
+
+
+def test_ensemble(
+    targets: Sequence[Path], out_dir: Path | None, console: Any
+) -> tuple[Path, dict[str, float]]:
+    """``mednext test RUN_A RUN_B ...``: the ensemble of the runs (probabilities averaged,
+    ``mednext.ensemble``) evaluated on the test split of the first one, which every member must
+    share. Writes the per-case table, the figures and ``ensemble.json`` (members, metrics) into
+    ``out_dir`` (default ``<output.root>/<experiment>/ensembles/<timestamp>``)."""
+    from mednext.ensemble import combine
+
+    members = [run_and_checkpoint(target) for target in targets]
+    built = [_member_task(run_dir, checkpoint) for run_dir, checkpoint in members]
+    config, datamodule, _ = built[0]
+    first_split = _test_split(members[0][0])
+    for run_dir, _ in members[1:]:
+        if _test_split(run_dir) != first_split:
+            raise ValueError(
+                f"{run_dir}: its test split differs from {members[0][0]}'s; an ensemble is "
+                "tested on the cases every member left out"
+            )
+    task = combine([task for _, _, task in built], [checkpoint for _, checkpoint in members])
+    if out_dir is None:
+        out_dir = new_run_dir(Path(config["output"]["root"]) / config["name"], "ensembles")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task.output_dir = out_dir
+    trainer = _test_trainer(config, out_dir, console)
+    _prepare_network(task, trainer, console)
+    trainer.test(task, datamodule=datamodule)
+    summary = task.last_evaluation["summary"]
+    record = {
+        "experiment": config["name"],
+        "members": [
+            {
+                "run_dir": str(run_dir),
+                "checkpoint": str(checkpoint),
+                "fold": member_config["data"].get("fold"),
+            }
+            for (run_dir, checkpoint), (member_config, _, _) in zip(members, built, strict=True)
+        ],
+        "metrics": {"test": {k: float(v) for k, v in summary.items()}},
+        "test_cases": len(datamodule.split["test"]) if datamodule.split else None,
+        "command": shlex.join(["mednext", "test", *map(str, targets)]),
+        "device": device_description(),
+        "git_commit": git_commit(),
+    }
+    write_json(out_dir / ENSEMBLE_RECORD, finite(record))
+    return out_dir, summary
