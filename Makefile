@@ -1,6 +1,7 @@
 # Every target that runs project code depends on the virtual environment, so a fresh clone needs
 # nothing but `make test`. torch goes in first: any other torch requirement pulls a multi-GB CUDA
-# build, and the project's own `torch>=` range is then already satisfied.
+# build, and the project's own `torch>=` range is then already satisfied. The project's install
+# names the same torch again, so that no dependency's requirement can make the resolver replace it.
 PYTHON ?= python3
 TORCH ?= 2.13.0
 VENV := .venv
@@ -18,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH)" -e ".[dev]"
 	rm -f $(VENV)/.installed-torch-*
 	touch $@
 

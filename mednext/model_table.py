@@ -1,4 +1,5 @@
-"""``mednext models``: parameters and FLOPs of every registered preset."""
+"""``mednext models``: parameters, FLOPs and training activation memory of every registered
+preset."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class ModelRow:
     gflops: float
     paper_g: float
     paper_convention: str
+    # Bytes of activations a training forward pass keeps for the backward pass (batch 1, float32).
+    train_memory: int
 
 
 def model_rows(families: Sequence[str] | None = None, size: int | None = None) -> list[ModelRow]:
@@ -27,7 +30,7 @@ def model_rows(families: Sequence[str] | None = None, size: int | None = None) -
     for name in families or list_models():
         family = get_family(name)
         for label, arguments in family.catalog.items():
-            complexity = measure_registered(name, size=size, **arguments)
+            complexity = measure_registered(name, size=size, memory=True, **arguments)
             rows.append(
                 ModelRow(
                     model=name,
@@ -37,6 +40,7 @@ def model_rows(families: Sequence[str] | None = None, size: int | None = None) -
                     gflops=complexity.flops / 1e9,
                     paper_g=complexity.paper_flops / 1e9,
                     paper_convention=complexity.paper_convention,
+                    train_memory=complexity.train_memory,
                 )
             )
     return rows
@@ -64,9 +68,21 @@ def print_model_table(
         title="Registered models (counted on the meta device)",
         caption="GFLOPs: torch FlopCounterMode, 2 per multiply-add. Paper G: the publishing "
         "paper's convention (fvcore: multiply-adds + 5 per affine-norm element; thop: its "
-        "per-module MAC rules).",
+        "per-module MAC rules). Train GiB: activations one training forward pass keeps for the "
+        "backward pass, batch 1, float32, measured on the meta device (no parameters, gradients "
+        "or optimiser state).",
     )
-    for column in ("model", "preset", "input", "params", "GFLOPs", "paper G", "convention"):
+    columns = (
+        "model",
+        "preset",
+        "input",
+        "params",
+        "GFLOPs",
+        "paper G",
+        "convention",
+        "train\nGiB",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("model", "preset") else "right")
     for row in rows:
         table.add_row(
@@ -77,5 +93,6 @@ def print_model_table(
             f"{row.gflops:,.2f}",
             f"{row.paper_g:,.2f}",
             row.paper_convention,
+            f"{row.train_memory / 2**30:,.2f}",
         )
     Console().print(table)

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from mednext.models import cmunext, mednext, mednext_lite
+from mednext.models import cmunext, mednext, mednext_lite, nnunet_baselines
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class ModelFamily:
         catalog: the rows of ``mednext models``: label -> ``build_model`` arguments.
         reference: arguments shared by every catalog row (channels and classes of the published
             complexity figures).
-        input_size: default spatial size of the complexity table (the papers' input).
+        input_size: default spatial size of the complexity table (the papers' input); None: each
+            preset at the patch its network is planned for (``patch_size``, nnU-Net's networks).
         paper_convention: how the paper counted FLOPs (see ``mednext.models.complexity``).
         spatial_dims: the networks' spatial dimensions unless ``spatial_dims`` says otherwise.
     """
@@ -39,7 +40,7 @@ class ModelFamily:
     presets: Mapping[str, Mapping[str, Any]]
     catalog: Mapping[str, Mapping[str, Any]]
     reference: Mapping[str, Any] = field(default_factory=dict)
-    input_size: int = 128
+    input_size: int | None = 128
     paper_convention: str = "fvcore"
     spatial_dims: int = 2
 
@@ -127,6 +128,36 @@ register_model(
         reference={"in_channels": 3, "num_classes": 1},
         input_size=256,
         paper_convention="thop",
+    )
+)
+
+register_model(
+    ModelFamily(
+        name="unet",
+        builder=nnunet_baselines.build_nnunet_unet,
+        constructor=nnunet_baselines.NNUNetPlainUNet,
+        presets=nnunet_baselines.UNET_PRESETS,
+        catalog={variant: {"variant": variant} for variant in nnunet_baselines.UNET_PRESETS},
+        # Beside MedNeXt's reference configuration: 1 → 14 channels (Synapse), deep supervision.
+        reference={"in_channels": 1, "num_classes": 14, "deep_supervision": True},
+        input_size=None,
+        # No published FLOP figure; MedNeXt's convention, so that the two read side by side.
+        paper_convention="fvcore",
+        spatial_dims=3,
+    )
+)
+
+register_model(
+    ModelFamily(
+        name="resenc",
+        builder=nnunet_baselines.build_resenc,
+        constructor=nnunet_baselines.NNUNetResEncUNet,
+        presets=nnunet_baselines.RESENC_PRESETS,
+        catalog={variant: {"variant": variant} for variant in nnunet_baselines.RESENC_PRESETS},
+        reference={"in_channels": 1, "num_classes": 14, "deep_supervision": True},
+        input_size=None,
+        paper_convention="fvcore",
+        spatial_dims=3,
     )
 )
 

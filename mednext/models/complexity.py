@@ -15,14 +15,17 @@ conventions").
   and adds buffers to every module it profiles. On every CMUNeXt preset the count equals thop's.
 
 Counting runs on the meta device: no memory is allocated and nothing is computed, so the full-size
-figures of the largest presets take well under a second.
+figures of the largest presets take well under a second. So does ``training_memory``: the bytes of
+the activations autograd keeps from a training forward pass for the backward pass, measured on the
+network's own graph.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +34,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-# fvcore's norm_flop_counter: "5 is just a rough estimate" per element of an affine norm.
+# fvcore's norm_flop_counter: "5 is just a rough estimate" per element of an affine norm; fvcore
+# applies it to aten::group_norm, layer_norm and instance_norm (nnU-Net's networks).
 _FVCORE_NORM_FLOPS_PER_ELEMENT = 5
-_NORMS = (nn.GroupNorm, nn.LayerNorm)
+_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 _PAPER_CONVENTIONS = ("fvcore", "thop")
 
 
@@ -44,6 +48,8 @@ class Complexity:
     paper_flops: int
     paper_convention: str
     input_shape: tuple[int, ...]
+    # Bytes of activations kept for the backward pass (``training_memory``), when measured.
+    train_memory: int | None = None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -152,15 +158,94 @@ def _thop_macs(model: nn.Module) -> tuple[list[int], list[Any]]:
     return total, handles
 
 
+def _meta_stand_ins(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Meta tensors in place of every parameter (needing a gradient where it does) and buffer,
+    for ``functional_call(..., tie_weights=False)``: one name per module slot (a module reachable
+    under two names, as nnU-Net's ``decoder.encoder`` and ``all_modules``, is swapped once and
+    restored once) and one stand-in per tensor (a tensor shared by two modules stays shared)."""
+    stand_ins: dict[str, torch.Tensor] = {}
+    by_tensor: dict[int, torch.Tensor] = {}
+    slots: set[tuple[int, str]] = set()
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        own = itertools.chain(
+            module.named_parameters(recurse=False), module.named_buffers(recurse=False)
+        )
+        for attribute, tensor in own:
+            if (id(module), attribute) in slots:
+                continue
+            slots.add((id(module), attribute))
+            if id(tensor) not in by_tensor:
+                by_tensor[id(tensor)] = torch.empty_like(tensor, device="meta").requires_grad_(
+                    tensor.requires_grad
+                )
+            stand_ins[f"{prefix}.{attribute}" if prefix else attribute] = by_tensor[id(tensor)]
+    return stand_ins
+
+
+class _SavedForBackward:
+    """Bytes of the storages autograd saves for the backward pass while the context is open
+    (``torch.autograd.graph.saved_tensors_hooks``), each storage once (views and in-place
+    results share one), leaving out those of ``excluded`` tensors (the parameters)."""
+
+    def __init__(self, excluded: Iterable[torch.Tensor]) -> None:
+        self.excluded = {t.untyped_storage()._cdata for t in excluded}
+        self.saved: dict[int, int] = {}
+        # Holding the saved tensors keeps their storages, and so their identities, alive.
+        self.kept: list[torch.Tensor] = []
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in self.excluded:
+            self.saved[storage._cdata] = storage.nbytes()
+            self.kept.append(tensor)
+        return tensor
+
+    @staticmethod
+    def unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    @property
+    def total(self) -> int:
+        return sum(self.saved.values())
+
+    def __enter__(self) -> _SavedForBackward:
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.hooks.__exit__(*exc)
+        self.kept.clear()
+
+
+def training_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of the activations that one training forward pass of ``model`` on a float32 input of
+    ``input_shape`` (batch included) keeps for the backward pass.
+
+    Measured, not estimated: the forward pass runs in train mode with gradients enabled on the
+    meta device (meta stand-ins for the parameters and buffers, as in ``measure``), under
+    ``torch.autograd.graph.saved_tensors_hooks``, and the storages of every tensor autograd saves
+    are summed, each once (views and in-place results share one). The parameters themselves are
+    not counted (nor gradients or optimiser state); the input is, where a layer saves it.
+    Gradient checkpointing is honoured: what a checkpointed region recomputes is not saved. The
+    model's mode is restored afterwards. The figure is linear in the batch size. It is what stays
+    allocated at the end of the forward pass besides the parameters, the input and the outputs;
+    the peak of a training step adds the backward pass's transient gradients to it
+    (tests/test_training_memory.py compares both with a real CPU step)."""
+    return measure(model, input_shape, training=True, memory=True).train_memory
+
+
 def measure(
     model: nn.Module,
     input_shape: Sequence[int],
     paper_convention: str = "fvcore",
     training: bool | None = None,
+    memory: bool = False,
 ) -> Complexity:
     """Count parameters and FLOPs of one forward pass of ``model`` on ``input_shape`` (batch
     included), in train mode (``training=True``), eval mode (``False``) or the model's current
-    mode (``None``); the model's mode is restored afterwards.
+    mode (``None``); the model's mode is restored afterwards. With ``memory``, the same pass runs
+    in train mode with gradients enabled and also measures ``train_memory`` (``training_memory``).
 
     The pass runs on the meta device whatever device the model lives on: the model itself is
     called with meta stand-ins for its parameters and buffers (``torch.func.functional_call``), so
@@ -170,19 +255,19 @@ def measure(
         raise ValueError(
             f"unknown FLOP convention {paper_convention!r}; known: {', '.join(_PAPER_CONVENTIONS)}"
         )
-    stand_ins = {
-        name: torch.empty_like(tensor, device="meta")
-        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())
-    }
+    if memory and training is False:
+        raise ValueError("the training memory is that of a training pass: memory=True needs train")
+    stand_ins = _meta_stand_ins(model)
     x = torch.empty(tuple(input_shape), device="meta")
     counted, handles = (_thop_macs if paper_convention == "thop" else _norm_elements)(model)
     counter = FlopCounterMode(display=False)
+    saved = _SavedForBackward(stand_ins.values()) if memory else None
     was_training = model.training
-    if training is not None:
-        model.train(training)
+    if training is not None or memory:
+        model.train(True if memory else training)
     try:
-        with torch.no_grad(), counter:
-            functional_call(model, stand_ins, (x,))
+        with torch.enable_grad() if memory else torch.no_grad(), saved or nullcontext(), counter:
+            functional_call(model, stand_ins, (x,), tie_weights=False)
     finally:
         model.train(was_training)
         for handle in handles:
@@ -198,12 +283,17 @@ def measure(
         paper_flops=paper,
         paper_convention=paper_convention,
         input_shape=tuple(input_shape),
+        train_memory=saved.total if saved is not None else None,
     )
 
 
-def measure_registered(name: str, size: int | None = None, **kwargs: Any) -> Complexity:
-    """Complexity of registered model ``name`` built on the meta device with ``kwargs`` on top of
-    the family's reference arguments, at spatial size ``size`` (the family default when None)."""
+def registered_on_meta(
+    name: str, size: int | None = None, **kwargs: Any
+) -> tuple[nn.Module, tuple[int, ...], str]:
+    """Registered model ``name`` built on the meta device with ``kwargs`` on top of the family's
+    reference arguments, the input shape of the complexity table (batch 1, every side ``size``;
+    when None the family's input size, or, for families without one, the patch the network is
+    planned for) and the family's FLOP convention."""
     from mednext.models import build_model, get_family
 
     family = get_family(name)
@@ -211,6 +301,18 @@ def measure_registered(name: str, size: int | None = None, **kwargs: Any) -> Com
     with torch.device("meta"):
         model = build_model(name, **arguments)
     spatial_dims = arguments.get("spatial_dims", family.spatial_dims)
-    size = family.input_size if size is None else size
-    shape = (1, arguments["in_channels"]) + (size,) * spatial_dims
-    return measure(model, shape, family.paper_convention)
+    if size is None and family.input_size is None:
+        spatial = tuple(model.patch_size)
+    else:
+        spatial = (family.input_size if size is None else size,) * spatial_dims
+    return model, (1, arguments["in_channels"], *spatial), family.paper_convention
+
+
+def measure_registered(
+    name: str, size: int | None = None, memory: bool = False, **kwargs: Any
+) -> Complexity:
+    """Complexity of registered model ``name`` built on the meta device with ``kwargs`` on top of
+    the family's reference arguments, at the input of ``registered_on_meta`` (with ``memory``,
+    also its training memory)."""
+    model, shape, convention = registered_on_meta(name, size, **kwargs)
+    return measure(model, shape, convention, memory=memory)
