@@ -143,6 +143,25 @@ def test_the_nnunet_experiments_need_only_the_dataset_folder(variant: str, tmp_p
     assert list(config.data.patch_size) == [128, 128, 128] and config.data.fold == 0
 
 
+@pytest.mark.parametrize(
+    ("experiment", "name", "variant", "patch"),
+    [
+        ("nnunet_unet", "unet", "3d_fullres", 128),
+        ("nnunet_resenc_m", "resenc", "M", 128),
+        ("nnunet_resenc_l", "resenc", "L", 192),
+    ],
+)
+def test_the_nnunet_baselines_are_planned_for_the_data_keys(
+    experiment: str, name: str, variant: str, patch: int, tmp_path: Path
+) -> None:
+    root = f"data.root={tmp_path}/Dataset004_Hippocampus"
+    config = compose(experiment, [root, "data.spacing=[0.6,0.6,3.6]"])
+    assert (config.model.name, config.model.variant) == (name, variant)
+    assert config.data.name == "nnunet" and list(config.data.patch_size) == [patch] * 3
+    assert list(config.model.patch_size) == [patch] * 3
+    assert list(config.model.spacing) == [0.6, 0.6, 3.6] and config.optim.name == "sgd"
+
+
 def test_a_missing_data_root_is_one_clear_error(tmp_path: Path, capsys) -> None:
     code = main(
         [
