@@ -276,11 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default nnunet_mednext_s)",
     )
     plan.add_argument(
-        "--precision",
-        default=None,
-        help="training precision assumed (default: the experiment's trainer.precision)",
-    )
-    plan.add_argument(
         "--out", default=None, help="plan file (default plans/<dataset>_<experiment>_<GB>gb.yaml)"
     )
     plan.set_defaults(handler=_plan)

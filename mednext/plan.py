@@ -15,10 +15,16 @@ full-resolution configuration, but sized by the network's own measured activatio
   ratio shrinks by 16 voxels (MedNeXt's divisibility) until one training sample fits the memory
   target with the batch size nnU-Net starts from (2).
 - **Memory** is measured, not fitted: ``mednext.models.complexity.training_memory`` runs the
-  network's training forward pass on the meta device and sums what autograd keeps for the backward
-  pass (float32). With 16-bit mixed precision (``--precision 16-mixed``, the MedNeXt presets'
-  training) those activations are counted at half their float32 bytes; weights, gradients and
-  the optimiser's state (AdamW: 16 bytes per parameter, SGD with momentum: 12) are added.
+  network's training forward pass on the meta device at the candidate patch and sums what autograd
+  keeps for the backward pass (float32); one real float32 training step on the CPU at 64³ gives
+  the ratio of the step's peak to that figure (the backward pass's transient gradients and, with
+  gradient checkpointing, the recomputed blocks: about 1.1 for MedNeXt-S, more for the
+  checkpointed M and L), which scales it. Weights, gradients and the optimiser's state (AdamW:
+  16 bytes per parameter, SGD with momentum: 12) are added. Activations are counted in float32
+  whatever ``trainer.precision`` says: 16-bit autocast keeps some tensors (the normalisations'
+  inputs) in float32 and no GPU was at hand to measure by how much it saves, so a plan is
+  conservative for mixed precision (MedNeXt-L k3 at 128³, batch 2: 16.1 GiB planned, 17.3 GB
+  measured by nnU-Net Revisited with fp16 mixed precision).
 - **Batch size**: as many samples as the memory target allows, at least 2, at most what covers 5 %
   of the dataset's voxels in one batch (nnU-Net's ``max_dataset_covered``).
 
@@ -167,22 +173,48 @@ def initial_patch(spacing: Sequence[float], median_shape: Sequence[int]) -> list
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """The training memory of one network: measured activation bytes per sample at a patch size
-    (``activation``), and the bytes of its weights, gradients and optimiser state."""
+    """The training memory of one network: the activation bytes it saves for the backward pass
+    per sample at a patch size (``activation``, measured on the meta device, float32), the ratio
+    of a real training step's peak to them (``peak_factor``: the backward pass's transient
+    gradients and, with gradient checkpointing, the recomputed blocks), and the bytes of its
+    weights, gradients and optimiser state."""
 
     activation: Any  # callable(patch) -> bytes per sample, float32
     static_bytes: int
-    half_precision: bool
+    peak_factor: float = 1.0
 
     def total(self, patch: Sequence[int], batch: int) -> float:
-        per_sample = self.activation(patch) * (0.5 if self.half_precision else 1.0)
-        return per_sample * batch + self.static_bytes
+        return self.activation(patch) * self.peak_factor * batch + self.static_bytes
+
+
+#: The patch of the real CPU training step that measures ``MemoryModel.peak_factor``.
+REFERENCE_PATCH = (64, 64, 64)
+
+
+def peak_factor(net: Any, in_channels: int, activation: Any) -> float:
+    """A real float32 training step of ``net`` (on the CPU, at ``REFERENCE_PATCH``, batch 1):
+    its peak memory above the weights and input, less the weight gradients, divided by the
+    activation bytes the meta measurement gives for the same input. At least 1."""
+    import torch
+
+    from mednext.bench.harness import step_peak_bytes
+    from mednext.models.complexity import count_parameters
+
+    def loss(outputs: Any) -> torch.Tensor:
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return sum(output.float().square().mean() for output in outputs)
+
+    net.train()
+    x = torch.randn(1, in_channels, *REFERENCE_PATCH)
+    peak = step_peak_bytes(net, x, loss) - 4 * count_parameters(net)
+    return max(1.0, peak / activation(REFERENCE_PATCH))
 
 
 def network_memory_model(
-    model: Mapping[str, Any], in_channels: int, num_classes: int, optimiser: str, precision: str
+    model: Mapping[str, Any], in_channels: int, num_classes: int, optimiser: str
 ) -> MemoryModel:
-    """The memory model of the ``model`` group's network (built on the meta device)."""
+    """The memory model of the ``model`` group's network: activations measured on the meta
+    device at any patch, their peak factor from one real CPU step at ``REFERENCE_PATCH``."""
     import torch
 
     from mednext.models import build_model
@@ -191,8 +223,8 @@ def network_memory_model(
 
     arguments, _ = split_run_options(model)
     name = arguments.pop("name")
-    with torch.device("meta"):
-        net = build_model(name, in_channels=in_channels, num_classes=num_classes, **arguments)
+    torch.manual_seed(0)
+    net = build_model(name, in_channels=in_channels, num_classes=num_classes, **arguments)
     cache: dict[tuple[int, ...], int] = {}
 
     def activation(patch: Sequence[int]) -> int:
@@ -205,7 +237,7 @@ def network_memory_model(
     return MemoryModel(
         activation=activation,
         static_bytes=count_parameters(net) * per_parameter,
-        half_precision=precision in ("16-mixed", "bf16-mixed", "16", "bf16"),
+        peak_factor=peak_factor(net, in_channels, activation),
     )
 
 
@@ -272,7 +304,7 @@ def make_plan(
                 (memory.total(patch, 1) - memory.static_bytes) / GIB, 3
             ),
             weights_gradients_optimiser_gib=round(memory.static_bytes / GIB, 3),
-            half_precision_activations=memory.half_precision,
+            peak_over_saved_activations=round(memory.peak_factor, 3),
             experiment_configuration=dict(
                 patch_size=own_patch,
                 batch_size=own_batch,
@@ -331,13 +363,9 @@ def plan_command(args: Any, console: Any) -> int:
         raise DataError(problem_report(f"{datamodule.title} at {datamodule.root}", problems))
     training = [case for case in cases if not datamodule.is_test_case(case.case_id)]
     fingerprint = read_fingerprint(training, datamodule.reorient)
-    precision = args.precision or str(config["trainer"].get("precision", "32-true"))
+    precision = str(config["trainer"].get("precision", "32-true"))
     memory = network_memory_model(
-        config["model"],
-        datamodule.in_channels,
-        datamodule.num_classes,
-        config["optim"]["name"],
-        precision,
+        config["model"], datamodule.in_channels, datamodule.num_classes, config["optim"]["name"]
     )
     plan = make_plan(fingerprint, memory, args.gpu_memory, config["data"])
     model = {k: v for k, v in config["model"].items() if k in ("name", "variant", "kernel_size")}
@@ -358,9 +386,9 @@ def plan_command(args: Any, console: Any) -> int:
     own = estimate["experiment_configuration"]
     print(f"{len(training)} training cases of {datamodule.root}")
     print(
-        f"plan for {model.get('name')} {model.get('variant') or ''} at {args.gpu_memory:g} GB "
-        f"({precision}): spacing {data['spacing']} mm, patch {data['patch_size']}, "
-        f"batch {data['batch_size']} (~{estimate['planned_gib']} GiB)"
+        f"plan for {model.get('name')} {model.get('variant') or ''} at {args.gpu_memory:g} GiB "
+        f"(activations counted in float32): spacing {data['spacing']} mm, "
+        f"patch {data['patch_size']}, batch {data['batch_size']} (~{estimate['planned_gib']} GiB)"
     )
     verdict = "fits" if own["gib"] <= args.gpu_memory else "exceeds"
     print(

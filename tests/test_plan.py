@@ -51,7 +51,7 @@ def test_the_initial_patch_follows_the_physical_extent_and_the_median_image() ->
 @pytest.fixture(scope="module")
 def memory():
     model = {"name": "mednext", "variant": "S", "width": 4, "deep_supervision": True}
-    return network_memory_model(model, 2, 3, "adamw", "32-true")
+    return network_memory_model(model, 2, 3, "adamw")
 
 
 def test_a_smaller_target_gets_a_smaller_patch_and_every_plan_fits(memory) -> None:
@@ -80,7 +80,7 @@ def test_plan_writes_a_file_an_experiment_uses(tmp_path: Path, capsys, monkeypat
     monkeypatch.chdir(tmp_path)
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     tiny = ["model.width=4", cache]
-    assert main(["plan", str(root), *tiny, "--gpu-memory", "0.5", "--precision", "32"]) == 0
+    assert main(["plan", str(root), *tiny, "--gpu-memory", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "plan file: plans/" in out and "training cases of" in out
     plan_file = next((tmp_path / "plans").glob("*.yaml"))
@@ -88,6 +88,7 @@ def test_plan_writes_a_file_an_experiment_uses(tmp_path: Path, capsys, monkeypat
     assert plan["model"] == {"name": "mednext", "variant": "S", "kernel_size": 3}
     assert plan["fingerprint"]["cases"] >= 2 and len(plan["fingerprint"]["intensities"]) == 2
     assert plan["estimate"]["planned_gib"] <= 0.5
+    assert plan["estimate"]["peak_over_saved_activations"] >= 1
     config = compose("nnunet_mednext_s", [f"data.root={root}", f"data.plan={plan_file}", cache])
     assert list(config.data.patch_size) == plan["data"]["patch_size"]
     assert config.data.batch_size == plan["data"]["batch_size"]
