@@ -101,3 +101,14 @@ def test_resume_picks_the_newest_run_of_the_same_fold(tmp_path: Path) -> None:
     assert newest_resumable_run(tmp_path, "exp", 1) == older
     assert newest_resumable_run(tmp_path, "exp", 3) is None
     assert newest_resumable_run(tmp_path, "exp") == tmp_path / "exp" / "c"
+
+
+def test_runs_of_any_nnunet_dataset_are_compared_within_their_dataset() -> None:
+    from mednext.runs.layout import dataset_label
+
+    assert dataset_label({"name": "synapse", "root": "/data/Synapse"}) == "synapse"
+    nnunet = {"name": "nnunet", "root": "/data/nnUNet_raw/Dataset004_Hippocampus/"}
+    assert dataset_label(nnunet) == "nnunet/Dataset004_Hippocampus"
+    assert (
+        dataset_label({"name": "nnunet", "root": "", "source": "synthetic"}) == "nnunet/synthetic"
+    )

@@ -109,7 +109,7 @@ def train_folds(
 
     # A dataset with its own folds (nnU-Net's splits_final.json) says how many it has.
     datamodule = build_datamodule(dict(config["data"]), seed=config["seed"])
-    num_folds = int(getattr(datamodule, "fold_count", None) or config["data"]["num_folds"])
+    num_folds = int(datamodule.fold_count)
     root = Path(config["output"]["root"])
     runs: dict[int, Path] = {}
     for fold, command in enumerate(fold_commands(experiment, overrides, num_folds)):

@@ -70,6 +70,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: Data modules that read any dataset of a layout: the folder names the dataset.
+GENERIC_DATASETS = ("nnunet",)
+
+
+def dataset_label(data: Mapping[str, Any]) -> str | None:
+    """The dataset a run is compared within: ``data.name``, and for a module that reads any
+    dataset of its layout (nnU-Net's) the dataset folder too, ``nnunet/Dataset004_Hippocampus``
+    (``nnunet/synthetic`` for the synthetic copy)."""
+    name = data.get("name")
+    if name in GENERIC_DATASETS:
+        folder = (
+            "synthetic"
+            if data.get("source") == "synthetic"
+            else Path(str(data.get("root") or "")).name
+        )
+        return f"{name}/{folder or 'unknown'}"
+    return name
+
+
 def new_run_dir(root: Path, experiment: str) -> Path:
     """A fresh ``root/experiment/<timestamp>`` (suffixed when two runs start in one second)."""
     base = root / experiment
@@ -232,7 +251,7 @@ class RunRecorder:
             },
             "params": None,
             "flops": None,
-            "dataset": config["data"].get("name"),
+            "dataset": dataset_label(config["data"]),
             "metrics": {"val": {}, "test": {}},
             "epochs": 0,
             "wall_time_s": previous.get("wall_time_s", 0.0),
