@@ -316,10 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="table of every registered model preset: parameters and FLOPs",
-        description="Parameters and FLOPs of every registered preset, counted on the meta device "
-        "(nothing is computed). FLOPs: torch FlopCounterMode (2 per multiply-add) and the paper's "
-        "own convention.",
+        help="table of every registered model preset: parameters, FLOPs, training memory",
+        description="Parameters, FLOPs and training activation memory of every registered "
+        "preset, counted on the meta device (nothing is computed). FLOPs: torch FlopCounterMode "
+        "(2 per multiply-add) and the paper's own convention; train GiB: the bytes autograd keeps "
+        "for the backward pass of one float32 sample.",
     )
     models.add_argument(
         "--size",

@@ -275,7 +275,7 @@ def test_csv_has_one_row_per_run_and_every_metric(written: dict[str, Path]) -> N
     with written["leaderboard.csv"].open(newline="") as handle:
         reader = csv.DictReader(handle)
         header, rows = reader.fieldnames, list(reader)
-    assert header[:10] == [
+    assert header[:12] == [
         "dataset",
         "task",
         "rank",
@@ -286,8 +286,10 @@ def test_csv_has_one_row_per_run_and_every_metric(written: dict[str, Path]) -> N
         "variant",
         "params",
         "gflops",
+        "train_memory_gib",
+        "peak_memory_gib",
     ]
-    assert header[10:16] == [
+    assert header[12:18] == [
         f"test/{k}" for k in (*HEADLINE["segmentation"], *HEADLINE["classification"])
     ]
     assert {"test/dice/spleen", "test/hd95/spleen", "test/specificity"} <= set(header)

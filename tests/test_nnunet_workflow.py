@@ -81,6 +81,7 @@ def test_every_fold_trains_with_the_plan(workflow: dict, capsys) -> None:
     results = [json.loads((run / "results.json").read_text()) for run in runs]
     assert sorted(r["fold"] for r in results) == [0, 1]
     assert all(r["status"] == "completed" for r in results)
+    assert all(r["train_memory_gib"] > 0 for r in results)
     assert len({r["group_key"] for r in results}) == 1
     assert len({r["config_hash"] for r in results}) == 2
     plan = yaml.safe_load(workflow["plan"].read_text())
@@ -97,7 +98,8 @@ def test_the_leaderboard_shows_folds_as_mean_std_beside_resenc(workflow: dict) -
     assert main(["leaderboard", str(workflow["runs"]), "--out", str(out)]) == 0
     text = (out / "leaderboard.md").read_text()
     configurations = text.split("### Configurations")[1].split("### Runs")[0]
-    rows = [line for line in configurations.splitlines() if line.startswith("| ")][1:]
+    rows = [line for line in configurations.splitlines() if line.startswith("| ")]
+    assert "| params (M) | GFLOPs | train GiB |" in rows.pop(0)
     mednext = next(row for row in rows if "nnunet_mednext_s" in row)
     assert "| mednext | S |" in mednext and "| 2 | 0 | 0, 1 |" in mednext and "(n=2)" in mednext
     resenc = next(row for row in rows if "nnunet_resenc_l" in row)

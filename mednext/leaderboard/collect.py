@@ -37,6 +37,8 @@ class Row:
     test: dict[str, float | None] = field(default_factory=dict)
     val: dict[str, float | None] = field(default_factory=dict)
     epochs: int | None = None
+    train_memory_gib: float | None = None
+    peak_memory_gib: float | None = None
     wall_time_s: float | None = None
     throughput: float | None = None
     device: str | None = None
@@ -134,6 +136,8 @@ def _row_from_results(run_dir: Path, runs_dir: Path) -> Row:
         test=test,
         val=val,
         epochs=_integer(results.get("epochs")),
+        train_memory_gib=_number(results.get("train_memory_gib")),
+        peak_memory_gib=_number(results.get("peak_memory_gib")),
         wall_time_s=_number(results.get("wall_time_s")),
         throughput=_number(results.get("throughput")),
         device=_text(results.get("device")),

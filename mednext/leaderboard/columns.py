@@ -65,6 +65,14 @@ def table_columns(rows: Sequence[Row], out_dir: Path) -> dict[str, Column]:
         _plain("variant", lambda r: r.variant),
         Column("params", lambda r: r.params, lambda r: _fmt(r.params and r.params / 1e6, ".2f")),
         Column("gflops", lambda r: r.gflops, _gflops_text),
+        Column(
+            "train_memory_gib",
+            lambda r: r.train_memory_gib,
+            lambda r: _fmt(r.train_memory_gib, ".2f"),
+        ),
+        Column(
+            "peak_memory_gib", lambda r: r.peak_memory_gib, lambda r: _fmt(r.peak_memory_gib, ".2f")
+        ),
         *(_metric_column("test", key) for key in [*headline, *others]),
         *(_metric_column("val", key) for key in val_keys),
         _plain("epochs", lambda r: r.epochs),
@@ -83,6 +91,8 @@ def table_columns(rows: Sequence[Row], out_dir: Path) -> dict[str, Column]:
 HEADERS = {
     "params": "params (M)",
     "gflops": "GFLOPs",
+    "train_memory_gib": "train activations (GiB)",
+    "peak_memory_gib": "peak GPU memory (GiB)",
     "wall_time_s": "wall time (s)",
     "throughput": "samples/s",
 }

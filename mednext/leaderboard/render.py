@@ -41,7 +41,8 @@ def configuration_table(group: Group) -> tuple[list[str], list[list[tuple[object
         for key in HEADLINE.get(group.task, ())[: 1 if part == "val" else 2]
         if any(key in getattr(c, part) for c in found)
     ]
-    header = ["rank", "experiment", "model", "variant", "params (M)", "GFLOPs", "runs", "seeds"]
+    header = ["rank", "experiment", "model", "variant", "params (M)", "GFLOPs", "train GiB"]
+    header += ["runs", "seeds"]
     header += ["folds", *(f"{part}/{key} (mean ± std)" for part, key in metrics)]
     rows = []
     for configuration in found:
@@ -53,6 +54,10 @@ def configuration_table(group: Group) -> tuple[list[str], list[list[tuple[object
             (first.variant, first.variant or ""),
             (first.params, "" if first.params is None else f"{first.params / 1e6:.2f}"),
             (first.gflops, "" if first.gflops is None else f"{first.gflops:.4g}"),
+            (
+                first.train_memory_gib,
+                "" if first.train_memory_gib is None else f"{first.train_memory_gib:.2f}",
+            ),
             (len(configuration.runs), str(len(configuration.runs))),
             (None, ", ".join(map(str, configuration.seeds))),
             (None, ", ".join(map(str, configuration.folds))),
@@ -109,6 +114,7 @@ def markdown_page(
         keys = [
             *_MARKDOWN_COLUMNS,
             "gflops",
+            "train_memory_gib",
             *(f"test/{k}" for k in HEADLINE.get(group.task, ()) if f"test/{k}" in columns),
             *(f"val/{k}" for k in HEADLINE.get(group.task, ())[:1] if f"val/{k}" in columns),
             *_MARKDOWN_TAIL,

@@ -224,9 +224,11 @@ class RunRecorder:
     The keys: ``experiment``, ``run_id``, ``status`` (running, completed, failed, interrupted),
     ``model`` (name, variant), ``params``, ``flops``, ``dataset``, ``metrics`` (``val``, ``test``),
     ``epochs``, ``wall_time_s``, ``throughput``, ``device``, ``git_commit``, ``command``, ``seed``,
-    ``fold``, ``config_hash`` (``configuration_key`` of the resolved configuration), ``group_key``
-    (the same without seed and fold: the runs that repeat one configuration) and, after a failure,
-    ``error``. A resumed or re-tested run keeps what describes its training.
+    ``fold``, ``train_memory_gib`` (activations one training batch keeps for the backward pass,
+    float32, measured on the meta device), ``peak_memory_gib`` (CUDA: ``max_memory_allocated``
+    of the training), ``config_hash`` (``configuration_key`` of the resolved configuration),
+    ``group_key`` (the same without seed and fold: the runs that repeat one configuration) and,
+    after a failure, ``error``. A resumed or re-tested run keeps what describes its training.
     """
 
     def __init__(
@@ -251,6 +253,8 @@ class RunRecorder:
             },
             "params": None,
             "flops": None,
+            "train_memory_gib": None,
+            "peak_memory_gib": None,
             "dataset": dataset_label(config["data"]),
             "metrics": {"val": {}, "test": {}},
             "epochs": 0,
@@ -264,7 +268,8 @@ class RunRecorder:
             "config_hash": configuration_key(config),
             "group_key": configuration_key(config, REPETITION_KEYS),
         }
-        for key in ("params", "flops", "metrics", "epochs", "throughput", "command", "git_commit"):
+        kept = ("params", "flops", "train_memory_gib", "peak_memory_gib", "metrics", "epochs")
+        for key in (*kept, "throughput", "command", "git_commit"):
             if key in previous:
                 self.results[key] = previous[key]
         self._started = time.monotonic()

@@ -81,6 +81,21 @@ def checked_complexity(config: Mapping[str, Any], datamodule: Any, net: torch.nn
         ) from error
 
 
+def activation_memory(
+    config: Mapping[str, Any], datamodule: Any, net: torch.nn.Module
+) -> int | None:
+    """Bytes of the activations one training batch keeps for the backward pass (float32,
+    ``training_memory`` on the meta device), for the leaderboard's cost columns; None for a
+    network the measurement cannot run."""
+    from mednext.models.complexity import training_memory
+
+    batch = int(config["data"].get("batch_size") or 1)
+    try:
+        return training_memory(net, (batch, datamodule.in_channels, *datamodule.input_size))
+    except (ValueError, RuntimeError, NotImplementedError):
+        return None
+
+
 def network_state(path: Path) -> dict[str, torch.Tensor]:
     """The network weights of a suite checkpoint (Lightning, ``net.`` prefix) or a plain state
     dict, loaded with ``weights_only=True``."""
@@ -204,7 +219,13 @@ def run_experiment(config: Mapping[str, Any], command: Sequence[str], console: A
     recorder = RunRecorder(
         run_dir, config["name"], config, command, device_description(), is_writer=primary
     )
-    recorder.update(status="running", params=complexity.params, flops=complexity.flops)
+    memory = activation_memory(config, datamodule, task.net)
+    recorder.update(
+        status="running",
+        params=complexity.params,
+        flops=complexity.flops,
+        train_memory_gib=None if memory is None else round(memory / 2**30, 3),
+    )
     try:
         with shared_with_launched_ranks(run_dir):
             _train_and_test(config, datamodule, task, recorder, run_dir, checkpoint_path, console)
@@ -261,6 +282,10 @@ def _train_and_test(
         trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
     if trainer.interrupted:
         return
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        recorder.update(peak_memory_gib=round(peak / 2**30, 3))
     best = best_checkpoint(run_dir)
     trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     recorder.set_metrics("test", task.last_evaluation["summary"])
