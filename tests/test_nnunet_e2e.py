@@ -33,7 +33,7 @@ def nnunet_run(tmp_path_factory: pytest.TempPathFactory, toy_runs) -> tuple[Path
 def test_a_two_channel_dataset_trains_and_tests(nnunet_run: tuple[Path, Path]) -> None:
     run, raw = nnunet_run
     results = json.loads((run / "results.json").read_text())
-    assert results["status"] == "completed" and results["dataset"] == "nnunet"
+    assert results["status"] == "completed" and results["dataset"] == "nnunet/synthetic"
     for stage in ("val", "test"):
         assert {"dice/gland", "dice/lesion", "hd95/gland"} <= set(results["metrics"][stage])
     split = json.loads((run / "split.json").read_text())
