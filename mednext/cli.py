@@ -169,6 +169,17 @@ def _convert(args: argparse.Namespace) -> int:
     return official.convert_command(args.format, args.input, args.output)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mednext import bench, sweep
     from mednext.bench import cli as bench_cli
@@ -242,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="segmentation: no mirroring, one forward pass per window (8× fewer in 3D)",
     )
     predict.add_argument(
-        "--batch-size", type=int, default=32, help="classification: images per forward pass"
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        help="classification: images per forward pass",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     predict.set_defaults(handler=_predict)

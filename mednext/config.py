@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -404,12 +405,44 @@ def _check_values(config: DictConfig) -> None:
         value = OmegaConf.select(config, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+    _check_name(str(OmegaConf.select(config, "name")))
+    bounds = {
+        "optim.lr": (lambda v: v > 0, "a positive learning rate"),
+        "optim.weight_decay": (lambda v: v >= 0, "at least 0"),
+        "optim.eps": (lambda v: v > 0, "positive"),
+        "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "optim.poly_power": (lambda v: v > 0, "positive"),
+        "optim.warmup_epochs": (lambda v: v >= 0, "at least 0"),
+        "optim.min_lr": (
+            lambda v: 0 <= v <= OmegaConf.select(config, "optim.lr"),
+            "in [0, optim.lr]",
+        ),
+    }
+    for key, (valid, expected) in bounds.items():
+        value = OmegaConf.select(config, key)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and valid(value)):
+            raise ConfigError(f"{key}={value!r}: must be {expected}")
     mirror_batch = OmegaConf.select(config, "eval.mirror_batch")
     if mirror_batch is not None and mirror_batch < 1:
         raise ConfigError(f"eval.mirror_batch={mirror_batch}: at least 1, or null for automatic")
     source = OmegaConf.select(config, "data.source")
     if source not in ("real", "synthetic"):
         raise ConfigError(f"data.source={source!r}: choose real or synthetic")
+
+
+def _check_name(name: str) -> None:
+    """``name`` is the run's folder below ``output.root`` (a sweep point's ``<sweep>/<point>``):
+    a relative path that stays inside it."""
+    parts = name.replace("\\", "/").split("/")
+    if (
+        not name.strip()
+        or name.startswith(("/", "\\", "~"))
+        or any(p in ("..", ".", "") for p in parts)
+    ):
+        raise ConfigError(
+            f"name={name!r}: the run folder's name below output.root must be a relative path "
+            "without '..', '.' or a leading '/' or '~' (e.g. synapse_mednext_b)"
+        )
 
 
 def to_yaml(config: DictConfig) -> str:
