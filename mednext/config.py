@@ -167,10 +167,14 @@ def list_experiments() -> list[str]:
 
 
 def _load_yaml(path: Path) -> DictConfig:
+    import yaml
+
     try:
         values = OmegaConf.load(path)
-    except (OSError, OmegaConfBaseException, ValueError) as error:
-        raise ConfigError(f"{path}: cannot be read as YAML: {error}") from error
+    except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
+        # yaml's own errors (syntax, a !!python/... tag the safe loader refuses) say where.
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"{path}: cannot be read as YAML: {detail}") from error
     if not isinstance(values, DictConfig):
         raise ConfigError(f"{path}: an experiment file must be a mapping of keys, not a list")
     return values

@@ -139,9 +139,22 @@ def volume_inputs(inputs: Sequence[Path], channels: int) -> list[VolumeInput]:
 
 
 def _device(name: str) -> torch.device:
+    """``--device``: ``auto``, ``cpu`` or ``cuda[:N]``; a ``ValueError`` for a device this
+    machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU here (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: use auto, cpu or cuda[:N]")
+    return device
 
 
 def checkpoint_task_kind(checkpoint: Path) -> str:
@@ -203,6 +216,8 @@ def predict_command(paths: Sequence[Path], out_dir: Path, args: argparse.Namespa
     from mednext.ensemble import combine, member_checkpoint, split_models_and_inputs
 
     models, inputs = split_models_and_inputs(paths)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: a file, not a folder")
     device = _device(args.device)
     checkpoints = []
     for model in models:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mednext.cli import main
 from mednext.config import ConfigError, compose
@@ -48,3 +49,47 @@ def test_predict_refuses_a_batch_size_below_one(capsys) -> None:
         main(["predict", "run", "scans", "--out", "out", "--batch-size", "0"])
     assert exit_.value.code == 2
     assert "--batch-size: 0 is not at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("name: x\n  bad: [1,\n", "mapping values are not allowed"),
+        (
+            'name: !!python/object/apply:os.system ["echo hi"]\n',
+            "could not determine a constructor",
+        ),
+    ],
+)
+def test_unreadable_experiment_files_are_one_message(
+    tmp_path: Path, capsys, content: str, message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    assert main(["train", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{path}: cannot be read as YAML" in error and message in error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--out", "{file}"], "a file, not a folder"),
+        (["--out", "{out}", "--device", "tpu"], "--device tpu: not a device"),
+        pytest.param(
+            ["--out", "{out}", "--device", "cuda"],
+            "--device cuda: no CUDA GPU here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+    ],
+)
+def test_predict_refuses_a_bad_output_or_device(
+    tmp_path: Path, capsys, arguments: list[str], message: str
+) -> None:
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("")
+    filled = [a.format(file=tmp_path / "a_file", out=tmp_path / "out") for a in arguments]
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path), *filled]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
