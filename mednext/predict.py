@@ -264,11 +264,27 @@ def segment_volumes(
 
 
 def read_nifti(path: Path) -> nib.Nifti1Image:
-    """The NIfTI image at ``path``; ``ValueError`` naming the file when it cannot be read."""
+    """The NIfTI image at ``path``, its voxels read once and checked; ``ValueError`` naming the
+    file when it cannot be read (not a NIfTI, truncated), is not one 3D volume, or holds NaN or
+    infinite voxels (cubic resampling would spread them into a silently wrong segmentation;
+    training refuses them too)."""
     try:
-        return nib.load(path)
-    except Exception as error:  # nibabel raises several types for unreadable files
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel, gzip and zlib raise several types for broken files
         raise ValueError(f"{path}: not a readable NIfTI file ({error})") from error
+    if data.ndim != 3:
+        raise ValueError(
+            f"{path}: a {data.ndim}D image of shape {tuple(data.shape)}; a 3D model takes one 3D "
+            "volume per file (one file per input channel, nnU-Net's _0000 naming)"
+        )
+    bad = int(np.count_nonzero(~np.isfinite(data))) if data.dtype.kind == "f" else 0
+    if bad:
+        raise ValueError(
+            f"{path}: {bad} voxel(s) are NaN or infinite; replace them (e.g. with the background "
+            "intensity) before predicting"
+        )
+    return image
 
 
 # --- classification ------------------------------------------------------------------------

@@ -302,3 +302,34 @@ def test_augmentation_after_the_transfer_trains_the_same_way(tmp_path: Path, toy
     assert main(["train", "synapse_mednext_s", *arguments]) == 0
     run = toy_runs.only_run(tmp_path / "runs", "synapse_mednext_s")
     assert json.loads((run / "results.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("fault", ["nan", "4d", "truncated", "png"])
+def test_predict_refuses_a_broken_input_naming_it(
+    synapse_run: Path, tmp_path: Path, capsys, fault: str
+) -> None:
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    path = tmp_path / ("scan.png" if fault == "png" else "scan.nii.gz")
+    volume = np.zeros((24, 24, 12), np.float32)
+    if fault == "nan":
+        volume[3, 4, 5] = np.nan
+        nib.save(nib.Nifti1Image(volume, affine), path)
+    elif fault == "4d":
+        nib.save(nib.Nifti1Image(np.zeros((24, 24, 12, 2), np.float32), affine), path)
+    elif fault == "truncated":
+        nib.save(nib.Nifti1Image(volume, affine), path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    ckpt = str(synapse_run / "checkpoints" / "best.ckpt")
+    code = main(["predict", ckpt, str(path), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    expected = {
+        "nan": "1 voxel(s) are NaN or infinite",
+        "4d": "a 4D image of shape (24, 24, 12, 2)",
+        "truncated": "not a readable NIfTI file",
+        "png": "not a readable NIfTI file",
+    }[fault]
+    assert code == 2 and expected in error and "Traceback" not in error, error
+    assert str(path) in error
+    assert not list(tmp_path.glob("out/*.nii.gz"))
