@@ -270,7 +270,8 @@ def read_nifti(path: Path) -> nib.Nifti1Image:
     training refuses them too)."""
     try:
         image = nib.load(path)
-        data = np.asanyarray(image.dataobj)
+        # Cached by nibabel: the preprocessing's get_fdata(dtype=float32) reads no file again.
+        data = image.get_fdata(dtype=np.float32)
     except Exception as error:  # nibabel, gzip and zlib raise several types for broken files
         raise ValueError(f"{path}: not a readable NIfTI file ({error})") from error
     if data.ndim != 3:
@@ -278,7 +279,7 @@ def read_nifti(path: Path) -> nib.Nifti1Image:
             f"{path}: a {data.ndim}D image of shape {tuple(data.shape)}; a 3D model takes one 3D "
             "volume per file (one file per input channel, nnU-Net's _0000 naming)"
         )
-    bad = int(np.count_nonzero(~np.isfinite(data))) if data.dtype.kind == "f" else 0
+    bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise ValueError(
             f"{path}: {bad} voxel(s) are NaN or infinite; replace them (e.g. with the background "

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mednext.models import depthwise
+from mednext.models.depthwise import (
+    applies,
+    depthwise_conv3d,
+    upsampling_applies,
+    upsampling_depthwise_conv3d,
+    upsampling_pointwise_conv3d,
+)
 from mednext.models.layers import GlobalResponseNorm
 
 #: Total downsampling of the four encoder stages: every spatial size must be a multiple of it.
@@ -99,16 +105,16 @@ class MedNeXtBlock(nn.Module):
 
     def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv1
-        if self.resample is None and depthwise.applies(x):
-            return depthwise.depthwise_conv3d(x, conv.weight, conv.bias, conv.padding[0])
-        if self.resample == "up" and depthwise.upsampling_applies(x):
-            return depthwise.upsampling_depthwise_conv3d(x, conv.weight, conv.bias, conv.padding[0])
+        if self.resample is None and applies(x):
+            return depthwise_conv3d(x, conv.weight, conv.bias, conv.padding[0])
+        if self.resample == "up" and upsampling_applies(x):
+            return upsampling_depthwise_conv3d(x, conv.weight, conv.bias, conv.padding[0])
         return conv(x)
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.res_conv
-        if self.resample == "up" and depthwise.upsampling_applies(x):
-            return depthwise.upsampling_pointwise_conv3d(x, conv.weight, conv.bias)
+        if self.resample == "up" and upsampling_applies(x):
+            return upsampling_pointwise_conv3d(x, conv.weight, conv.bias)
         return conv(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
